@@ -1,0 +1,69 @@
+"""Turn a validated chat request into vLLM ``SamplingParams``.
+
+Defaults come from the table below, never from a model's ``generation_config.json``: a client
+that sends no temperature gets 1.0 on every model, as with OpenAI and Cerebras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+from server.protocol import ChatCompletionRequest
+
+__all__ = ["DEFAULTS", "to_sampling_params"]
+
+DEFAULTS: dict[str, Any] = {
+    "n": 1,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "min_tokens": 0,
+    "ignore_eos": False,
+}
+
+
+def to_sampling_params(
+    request: ChatCompletionRequest,
+    *,
+    max_tokens: int,
+    stop_token_ids: Iterable[int],
+    structured_outputs: StructuredOutputsParams | None = None,
+) -> SamplingParams:
+    """The engine parameters for ``request``; ``max_tokens`` is already fitted to the context.
+
+    Greedy decoding is the explicit state ``temperature == 0``: vLLM then ignores top_p, top_k
+    and the seed, so they are left as sent rather than rewritten.
+    """
+    fields = {key: _get(request, key, default) for key, default in DEFAULTS.items()}
+    top_logprobs = request.top_logprobs or 0
+    return SamplingParams(
+        **fields,
+        seed=request.seed,
+        stop=request.stop_list or None,
+        # ignore_eos (benchmarks) means "run to max_tokens": end-of-turn tokens too.
+        stop_token_ids=[] if request.ignore_eos else list(stop_token_ids),
+        max_tokens=max_tokens,
+        logprobs=top_logprobs if request.logprobs else None,
+        logit_bias={int(k): v for k, v in request.logit_bias.items()}
+        if request.logit_bias
+        else None,
+        structured_outputs=structured_outputs,
+        output_kind=RequestOutputKind.DELTA,
+        skip_special_tokens=True,
+        include_stop_str_in_output=False,
+    )
+
+
+def _get(request: ChatCompletionRequest, key: str, default: Any) -> Any:
+    value = getattr(request, key)
+    if key == "top_k" and value == -1:
+        return 0  # OpenAI-style "all tokens"
+    return default if value is None else value

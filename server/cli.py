@@ -1,0 +1,142 @@
+"""``python -m server`` / ``llama-serve``: serve (default), ``bench``, or ``build-model``.
+
+The flags are generated from ``Settings``: every setting's docstring is its ``--help`` text and
+every flag has an environment twin, ``LLAMA_SERVE_<NAME>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, get_args, get_origin
+
+from server.settings import Settings
+
+__all__ = ["build_parser", "load_service", "main"]
+
+log = logging.getLogger("server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llama-serve",
+        description="Cerebras- and OpenAI-compatible Chat Completions server on vLLM. "
+        "Subcommands: 'bench ...' (load benchmark), 'build-model NAME' (prepare weights only).",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = f"LLAMA_SERVE_{name.upper()}"
+        help_text = f"{field.description} [env {env}; default: {_default(field)}]"
+        annotation = field.annotation
+        if get_origin(annotation) is list or name == "model":
+            parser.add_argument(flag, action="append", help=help_text)
+        elif annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            choices = get_args(annotation) if "Literal" in str(annotation) else None
+            parser.add_argument(flag, choices=choices or None, help=help_text)
+    return parser
+
+
+def _default(field: Any) -> Any:
+    return field.default_factory() if field.default_factory else field.default
+
+
+def settings_from_args(argv: list[str]) -> Settings:
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return Settings(**given)
+
+
+def load_service(settings: Settings) -> Any:
+    """Fetch or build each model, start its engine, and wrap them in a ChatService."""
+    from server.engine import Engine
+    from server.model_pool import ModelPool, ServedModel
+    from server.model_store import ensure_model
+    from server.registry import CONFIG_DIR, load_model_config
+    from server.service import ChatService
+
+    config_dir = settings.config or CONFIG_DIR
+    served = []
+    for name in settings.model_list():
+        config = load_model_config(name, config_dir)
+        if settings.eager:
+            config = config.model_copy(update={"enforce_eager": True})
+        started = time.monotonic()
+        path = ensure_model(config, settings.cache_dir)
+        log.info(
+            "model files ready",
+            extra={
+                "model": config.id,
+                "path": path,
+                "seconds": round(time.monotonic() - started, 1),
+            },
+        )
+        engine = Engine(config, path, structured_backend=settings.structured_output_backend)
+        model = ServedModel(config, engine, created=int(time.time()))
+        model.grammar = _grammar_compiler(settings, engine)
+        served.append(model)
+    return ChatService(ModelPool(served), grammar_backend=settings.structured_output_backend)
+
+
+def _grammar_compiler(settings: Settings, engine: Any) -> Any:
+    from grammars import GrammarCompiler
+
+    return GrammarCompiler(
+        engine.tokenizer,
+        backend=settings.structured_output_backend,
+        timeout=settings.grammar_timeout,
+        cache_size=settings.grammar_cache_size,
+    )
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from server.app import create_app
+    from server.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    log.info(
+        "starting",
+        extra={"models": settings.model_list(), "host": settings.host, "port": settings.port},
+    )
+    app = create_app(lambda: load_service(settings))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def build_model(argv: list[str]) -> None:
+    """Prepare a model's files in the cache without serving it (CI warm-up, Docker builds)."""
+    from server.model_store import ensure_model
+    from server.registry import load_model_config
+
+    settings = settings_from_args([])
+    for name in argv or settings.model_list():
+        started = time.monotonic()
+        path = ensure_model(load_model_config(name), settings.cache_dir)
+        print(f"{name}: {path} ({time.monotonic() - started:.1f} s)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv[:1] == ["bench"]:
+        from benchmarks.cli import main as bench_main
+
+        sys.exit(bench_main(argv[1:]))
+    if argv[:1] == ["build-model"]:
+        build_model(argv[1:])
+        return
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    serve(settings_from_args(argv))

@@ -1,0 +1,120 @@
+"""The adapter between the server and vLLM's in-process async engine (``AsyncLLM``).
+
+Only this module and ``sampling`` import vLLM's engine API, so an engine upgrade touches
+two places. The engine core runs in a child process; generation streams deltas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from server.registry import ModelConfig
+
+__all__ = ["Engine", "EngineStats", "engine_args", "on_gpu"]
+
+log = logging.getLogger(__name__)
+
+
+def on_gpu() -> bool:
+    """True on a CUDA build of vLLM with a GPU present."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cuda_alike()
+
+
+def engine_args(
+    config: ModelConfig, model_path: str, *, structured_backend: str, gpu: bool
+) -> dict[str, Any]:
+    """The keyword arguments of ``AsyncEngineArgs`` for ``config``: pure, so tests can check
+    what vLLM would receive for every config file without starting it."""
+    args: dict[str, Any] = {
+        "model": model_path,
+        "served_model_name": config.id,
+        "max_model_len": config.context_length,
+        "dtype": config.dtype,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "pipeline_parallel_size": config.pipeline_parallel_size,
+        "max_num_seqs": config.max_num_seqs,
+        "enforce_eager": config.enforce_eager,
+        "structured_outputs_config": {"backend": structured_backend},
+        # Sampling defaults are ours (sampling.DEFAULTS), never the checkpoint's.
+        "generation_config": "vllm",
+        # Stats on: per-request timestamps feed time_info and the Prometheus metrics.
+        "disable_log_stats": False,
+        "enable_log_requests": False,
+    }
+    if config.quantization:
+        args["quantization"] = config.quantization
+    if config.load_format != "auto":
+        args["load_format"] = config.load_format
+    if config.distributed_executor_backend:
+        args["distributed_executor_backend"] = config.distributed_executor_backend
+    if gpu:
+        args["gpu_memory_utilization"] = config.gpu_memory_utilization
+    else:
+        # vLLM CPU sizes its KV cache from a share of all memory and refuses to start when
+        # that share is not free; an explicit size fits the server beside its tests.
+        args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
+    return args
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    running: int
+    """Requests the engine holds (running or queued) for this server."""
+
+
+class Engine:
+    """One served model's ``AsyncLLM``."""
+
+    def __init__(self, config: ModelConfig, model_path: str, *, structured_backend: str) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.config = config
+        started = time.monotonic()
+        kwargs = engine_args(
+            config, model_path, structured_backend=structured_backend, gpu=on_gpu()
+        )
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self.tokenizer = self._llm.tokenizer
+        self.load_seconds = time.monotonic() - started
+        cache = self._llm.vllm_config.cache_config
+        self.kv_cache_blocks = cache.num_gpu_blocks
+        log.info(
+            "engine ready",
+            extra={
+                "model": config.id,
+                "seconds": round(self.load_seconds, 1),
+                "kv_cache_blocks": cache.num_gpu_blocks,
+                "block_size": cache.block_size,
+                "tp": config.tensor_parallel_size,
+                "pp": config.pipeline_parallel_size,
+            },
+        )
+
+    def generate(self, prompt_ids: list[int], params: Any, request_id: str) -> AsyncIterator[Any]:
+        """Stream ``RequestOutput`` deltas; closing the iterator aborts the request."""
+        from vllm.inputs import TokensPrompt
+
+        return self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    @property
+    def alive(self) -> bool:
+        return not self._llm.errored
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=self._llm.get_num_unfinished_requests())
+
+    async def log_stats(self) -> None:
+        await self._llm.do_log_stats()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()

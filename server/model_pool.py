@@ -1,0 +1,58 @@
+"""The models this process serves, looked up by the id clients send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.chat_formats import ChatFormat, get_chat_format
+from server.engine import Engine
+from server.errors import ModelNotFoundError
+from server.registry import ModelConfig
+
+__all__ = ["ModelPool", "ServedModel"]
+
+
+@dataclass
+class ServedModel:
+    config: ModelConfig
+    engine: Engine
+    chat_format: ChatFormat = field(init=False)
+    stop_token_ids: tuple[int, ...] = field(init=False)
+    grammar: Any = None
+    """The model's ``grammars.GrammarCompiler`` (needs the model's vocabulary)."""
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.chat_format = get_chat_format(self.config.chat_format)
+        tokenizer = self.engine.tokenizer
+        self.stop_token_ids = tuple(
+            tokenizer.convert_tokens_to_ids(t) for t in self.chat_format.stop_tokens
+        )
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+
+class ModelPool:
+    def __init__(self, models: list[ServedModel]) -> None:
+        self._models = {m.id: m for m in models}
+
+    def get(self, model_id: str) -> ServedModel:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            loaded = ", ".join(self._models)
+            raise ModelNotFoundError(
+                f"The model '{model_id}' does not exist or is not served here. "
+                f"Loaded models: {loaded}.",
+                param="model",
+            ) from None
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    @property
+    def alive(self) -> bool:
+        return all(m.engine.alive for m in self)

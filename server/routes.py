@@ -1,0 +1,109 @@
+"""HTTP routes: parse, hand to the service, return. No logic of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sse_starlette import EventSourceResponse
+
+from server.errors import EngineDeadError
+from server.metrics import render_metrics
+from server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ModelCard,
+    ModelList,
+)
+from server.service import ChatService, new_request_id
+
+__all__ = ["router"]
+
+router = APIRouter()
+T = TypeVar("T")
+
+
+def _service(request: Request) -> ChatService:
+    return request.app.state.service
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    service = _service(request)
+    request_id = request.state.request_id = new_request_id()
+    prepared = await service.prepare(body, request_id)
+    if body.stream:
+        return EventSourceResponse(
+            _sse(service.stream(prepared)),
+            ping=15,
+            headers={"x-request-id": request_id},
+            send_timeout=30,
+        )
+    response = await _until_disconnect(request, service.complete(prepared))
+    return JSONResponse(response.model_dump(), headers={"x-request-id": request_id})
+
+
+async def _sse(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    async for chunk in chunks:
+        yield {"data": chunk}
+    yield {"data": "[DONE]"}
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it (aborting the engine request) if the client goes away:
+    Starlette does not cancel a handler whose client disconnected."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            raise asyncio.CancelledError("client disconnected")
+        return task.result()
+    finally:
+        watcher.cancel()
+        task.cancel()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[_card(m) for m in _service(request).pool])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    return _card(_service(request).pool.get(model_id))
+
+
+def _card(model: Any) -> ModelCard:
+    return ModelCard(id=model.id, created=model.created, owned_by="llama-serve")
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    pool = _service(request).pool
+    if not pool.alive:
+        raise EngineDeadError("The engine has stopped; this server is restarting.")
+    return JSONResponse({"status": "ok", "models": [m.id for m in pool]})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/tcp_warming")
+async def tcp_warming() -> dict[str, str]:
+    """The Cerebras SDK calls this when a client is created, to open the connection early."""
+    return {"status": "ok"}
