@@ -1,0 +1,188 @@
+"""Tool calling end to end on llama3.1-tiny (the Llama 3.1 path through the real engine).
+
+The tiny model's weights are random, so what it says freely is noise: ``required`` and named
+choices must still yield calls that validate, because they are constrained by the grammar.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+from cerebras.cloud.sdk import Cerebras
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "llama3.1-tiny"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 16}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
+TOOLS = [WEATHER, TIME]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0)
+
+
+def assert_valid_calls(calls: list, names: set[str]) -> None:
+    assert calls, "expected at least one tool call"
+    for call in calls:
+        assert call.type == "function" and call.id
+        assert call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_required_always_yields_valid_call(client: openai.OpenAI, seed: int) -> None:
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=120,
+        temperature=1.0,
+        seed=seed,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert_valid_calls(choice.message.tool_calls, {"get_weather", "get_time"})
+    assert choice.message.content is None
+
+
+def test_named_choice_calls_that_tool_and_finishes_with_stop(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        max_tokens=120,
+        seed=5,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop"  # OpenAI's answer for a named choice
+    assert_valid_calls(choice.message.tool_calls, {"get_time"})
+    assert len(choice.message.tool_calls) == 1
+
+
+def test_none_never_calls(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=16, seed=1
+    )
+    assert r.choices[0].message.tool_calls is None
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_auto_returns_text_or_valid_calls(client: openai.OpenAI) -> None:
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=TOOLS, max_tokens=60, seed=seed
+        )
+        message = r.choices[0].message
+        if message.tool_calls:
+            assert_valid_calls(message.tool_calls, {"get_weather", "get_time"})
+            assert r.choices[0].finish_reason == "tool_calls"
+        else:
+            assert isinstance(message.content, str)
+
+
+def test_streamed_required_call_arrives_whole(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            tools=TOOLS,
+            tool_choice="required",
+            max_tokens=120,
+            seed=3,
+            stream=True,
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    call_deltas = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert call_deltas, "no tool call was streamed"
+    for tc in call_deltas:
+        # Whole in one delta: id, name and complete JSON arguments together.
+        assert tc.id and tc.function.name and json.loads(tc.function.arguments) is not None
+    assert not "".join(d.content or "" for d in deltas)
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices]
+    finals = [f for f in finals if f]
+    assert finals == ["tool_calls"]
+
+
+def test_two_turn_conversation_with_tool_result(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=120, seed=9
+    )
+    call = first.choices[0].message.tool_calls[0]
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21})},
+    ]
+    second = client.chat.completions.create(
+        model=MODEL, messages=history, tools=TOOLS, tool_choice="none", max_tokens=12
+    )
+    assert second.choices[0].message.content is not None
+    # The history (call and result) is part of the prompt.
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens + 10
+
+
+def test_cerebras_sdk_tool_call(tiny_url: str) -> None:
+    client = Cerebras(base_url=tiny_url, api_key="unused", max_retries=0)
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=120, seed=4
+    )
+    calls = r.choices[0].message.tool_calls
+    assert calls and calls[0].function.name in SCHEMAS
+    jsonschema.validate(json.loads(calls[0].function.arguments), SCHEMAS[calls[0].function.name])
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "param"),
+    [
+        ([WEATHER], {"type": "function", "function": {"name": "nope"}}, "tool_choice"),
+        ([WEATHER, WEATHER], "auto", "tools"),
+        ([{"type": "function", "function": {"name": "bad name!"}}], "auto", "tools[0].function"),
+        (
+            [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}],
+            "auto",
+            "tools",
+        ),  # noqa: E501
+        ([{"type": "retrieval"}], "auto", "tools[0].type"),
+    ],
+)
+def test_bad_tools_are_400(client: openai.OpenAI, tools: list, choice: object, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=ASK, tools=tools, tool_choice=choice)
+    assert err.value.body["param"].startswith(param), err.value.body

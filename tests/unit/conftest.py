@@ -1,0 +1,23 @@
+"""Unit-test fixtures shared across modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer() -> Any:
+    """Llama 3's tokenizer converted to a Hugging Face fast tokenizer (about 2 s, built once)."""
+    from server.tiny_model import build_llama3_tokenizer
+
+    return build_llama3_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def meta_tokenizer() -> Any:
+    """Meta's reference tiktoken tokenizer from llama-models."""
+    from llama_models.llama3.tokenizer import Tokenizer
+
+    return Tokenizer.get_instance()
