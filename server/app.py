@@ -1,4 +1,5 @@
-"""The FastAPI application: lifespan (load models, stop engines), error mapping, routes."""
+"""The FastAPI application: lifespan (load models, stop engines), the front-door middleware,
+error mapping, routes."""
 
 from __future__ import annotations
 
@@ -14,47 +15,102 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import APIError, BadRequestError, InternalError, NotFoundError
-from server.metrics import watch_pool
+from server.admission import Admission
+from server.auth import ApiKeys
+from server.control import RequestControl
+from server.errors import (
+    APIError,
+    BadRequestError,
+    FailedGenerationError,
+    InternalError,
+    NotFoundError,
+)
+from server.gate import Gate, request_record
+from server.lifecycle import Lifecycle, watch_engines
+from server.limits import RequestLimits
+from server.metrics import count_failed_generation, count_rejected, rejection_reason, watch_pool
+from server.openapi import document_api
+from server.ratelimit import RateLimiter
 from server.routes import router
+from server.settings import Settings
 
 __all__ = ["create_app", "error_response"]
 
 log = logging.getLogger(__name__)
 
 
-def create_app(load_service: Callable[[], Any]) -> FastAPI:
+def create_app(load_service: Callable[[], Any], settings: Settings | None = None) -> FastAPI:
     """``load_service`` builds the ChatService (loading engines) when the app starts."""
+    settings = settings or Settings()
+    lifecycle = Lifecycle(drain_timeout=settings.drain_timeout)
+    keys = ApiKeys.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.monotonic()
-        app.state.service = await asyncio.to_thread(load_service)
-        watch_pool(app.state.service.pool)
+        service = app.state.service = await asyncio.to_thread(load_service)
+        for model in service.pool:
+            # Builds the compile worker's vocabulary and JSON mode's grammar before the first
+            # request, so that request does not pay for them.
+            if model.grammar is not None:
+                await model.grammar.start()
+        admission = Admission.for_models(service.pool, settings.max_waiting_requests)
+        app.state.control = RequestControl(
+            admission=admission,
+            limiter=RateLimiter(
+                requests_per_day=settings.rate_limit_requests_per_day,
+                tokens_per_minute=settings.rate_limit_tokens_per_minute,
+            ),
+            request_timeout=settings.request_timeout,
+            log_prompts=settings.log_prompts,
+        )
+        watch_pool(service.pool, admission)
         stats_task = asyncio.create_task(_log_stats(app))
-        routes = sorted(getattr(r, "path", "") for r in app.routes)
+        watchdog = asyncio.create_task(watch_engines(service.pool, lifecycle))
         log.info(
             "ready",
             extra={
                 "seconds": round(time.monotonic() - started, 1),
-                "models": [m.id for m in app.state.service.pool],
-                "routes": routes,
+                "models": [_describe(m, admission) for m in service.pool],
+                "api_keys": len(keys),
+                "routes": sorted(getattr(r, "path", "") for r in app.routes),
             },
         )
         try:
             yield
         finally:
             stats_task.cancel()
-            for model in app.state.service.pool:
+            watchdog.cancel()
+            for model in service.pool:
                 model.engine.shutdown()
+                if model.grammar is not None:
+                    model.grammar.close()
 
     app = FastAPI(title="llama-serve", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.lifecycle = lifecycle
     app.include_router(router)
+    # Inside the Gate (keys are checked first): 413, 431, too-deep JSON before any parsing.
+    app.add_middleware(RequestLimits, settings=settings)
+    document_api(app)  # error envelopes and the event stream in /openapi.json
+    app.add_middleware(Gate, keys=keys, lifecycle=lifecycle, metrics_public=settings.metrics_public)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
+
+
+def _describe(model: Any, admission: Admission) -> dict[str, Any]:
+    config = model.config
+    return {
+        "id": model.id,
+        "tp": config.tensor_parallel_size,
+        "pp": config.pipeline_parallel_size,
+        "max_num_seqs": config.max_num_seqs,
+        "admission_limit": admission.limits.get(model.id),
+        "kv_cache_tokens": getattr(model.engine, "kv_cache_tokens", None),
+    }
 
 
 async def _log_stats(app: FastAPI) -> None:
@@ -72,13 +128,27 @@ def error_response(error: APIError) -> JSONResponse:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
+    _count(request, exc)
     return error_response(exc)
+
+
+def _count(request: Request, error: APIError) -> None:
+    """Every refused request by reason; failed JSON generations per model."""
+    record = request_record(request)
+    record.fields["error"] = error.code
+    if isinstance(error, FailedGenerationError):
+        count_failed_generation(str(record.fields.get("model", "")))
+    reason = rejection_reason(error)
+    if reason is not None:
+        count_rejected(reason)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 becomes OpenAI's 400, naming the first offending parameter."""
     assert isinstance(exc, RequestValidationError)
-    return error_response(validation_to_api_error(exc.errors()))
+    error = validation_to_api_error(exc.errors())
+    _count(request, error)
+    return error_response(error)
 
 
 def validation_to_api_error(errors: Any) -> BadRequestError:
@@ -111,7 +181,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
         err: APIError = NotFoundError(f"Unknown path: {request.url.path}", code="not_found")
+        _count(request, err)
         return error_response(err)
+    count_rejected("bad_request" if exc.status_code < 500 else "unavailable")
     body = {
         "error": {
             "message": str(exc.detail),

@@ -60,6 +60,9 @@ def load_service(settings: Settings) -> Any:
     from server.service import ChatService
 
     config_dir = settings.config or CONFIG_DIR
+    # The engine compiles each grammar again with its own limit (5 s by default); what passed
+    # our bounded check must not fail there, so its limit sits above ours.
+    os.environ["VLLM_REGEX_COMPILATION_TIMEOUT_S"] = str(int(settings.grammar_timeout * 3) + 1)
     served = []
     for name in settings.model_list():
         config = load_model_config(name, config_dir)
@@ -94,25 +97,45 @@ def _grammar_compiler(settings: Settings, engine: Any) -> Any:
 
 
 def serve(settings: Settings) -> None:
+    """Serve until SIGTERM (drain, then exit 0) or an engine death (exit 1)."""
     import uvicorn
 
     from server.app import create_app
+    from server.lifecycle import GracefulServer
     from server.logs import setup_logging
 
     setup_logging(settings.log_level)
+    keys = len(settings.api_key) + (settings.api_key_file is not None)
     log.info(
         "starting",
-        extra={"models": settings.model_list(), "host": settings.host, "port": settings.port},
+        extra={
+            "models": settings.model_list(),
+            "host": settings.host,
+            "port": settings.port,
+            "auth": bool(keys),
+            "max_waiting_requests": settings.max_waiting_requests,
+            "request_timeout_s": settings.request_timeout,
+            "drain_timeout_s": settings.drain_timeout,
+        },
     )
-    app = create_app(lambda: load_service(settings))
-    uvicorn.run(
+    if not keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("no API key set: anyone who can reach this port can use it")
+    app = create_app(lambda: load_service(settings), settings)
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
+        access_log=False,  # server.access writes one line per request instead
+        # Our drain comes first (GracefulServer); this only bounds what is left after it.
+        timeout_graceful_shutdown=5,
     )
+    server = GracefulServer(config, app.state.lifecycle)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the app failed to start
+    if app.state.lifecycle.exit_code:
+        sys.exit(app.state.lifecycle.exit_code)
 
 
 def build_model(argv: list[str]) -> None:

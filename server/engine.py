@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.registry import ModelConfig
+from server.errors import EngineDeadError
+from server.registry import ModelConfig, check_parallelism
 
-__all__ = ["Engine", "EngineStats", "engine_args", "on_gpu"]
+__all__ = ["Engine", "EngineStats", "engine_args", "on_gpu", "visible_gpus"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,12 @@ def on_gpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cuda_alike()
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def engine_args(
@@ -77,31 +84,51 @@ class Engine:
 
         self.config = config
         started = time.monotonic()
-        kwargs = engine_args(
-            config, model_path, structured_backend=structured_backend, gpu=on_gpu()
-        )
+        gpu = on_gpu()
+        if gpu:
+            check_parallelism(config, visible_gpus())
+        kwargs = engine_args(config, model_path, structured_backend=structured_backend, gpu=gpu)
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self.tokenizer = self._llm.tokenizer
         self.load_seconds = time.monotonic() - started
         cache = self._llm.vllm_config.cache_config
         self.kv_cache_blocks = cache.num_gpu_blocks
+        self.kv_cache_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
         log.info(
             "engine ready",
             extra={
                 "model": config.id,
                 "seconds": round(self.load_seconds, 1),
+                "device": "gpu" if gpu else "cpu",
                 "kv_cache_blocks": cache.num_gpu_blocks,
                 "block_size": cache.block_size,
+                "kv_cache_tokens": self.kv_cache_tokens,
+                # How many full-context requests fit in the KV cache at once.
+                "max_full_context_requests": round(self.kv_cache_tokens / config.context_length, 1),
+                "max_num_seqs": config.max_num_seqs,
                 "tp": config.tensor_parallel_size,
                 "pp": config.pipeline_parallel_size,
+                "executor": config.distributed_executor_backend or "mp",
+                "quantization": config.quantization,
             },
         )
 
-    def generate(self, prompt_ids: list[int], params: Any, request_id: str) -> AsyncIterator[Any]:
-        """Stream ``RequestOutput`` deltas; closing the iterator aborts the request."""
+    async def generate(
+        self, prompt_ids: list[int], params: Any, request_id: str
+    ) -> AsyncIterator[Any]:
+        """Stream ``RequestOutput`` deltas; closing the iterator aborts the request. A dead
+        engine core raises our ``EngineDeadError`` (503 ``engine_dead``), not vLLM's."""
         from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
-        return self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        try:
+            async for out in stream:
+                yield out
+        except VllmEngineDeadError as exc:
+            raise EngineDeadError("The engine has stopped; this server is restarting.") from exc
+        finally:
+            await stream.aclose()  # on early close: vLLM aborts the request
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

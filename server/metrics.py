@@ -1,9 +1,17 @@
-"""Prometheus metrics: the engine's own ``vllm:*`` series plus live gauges of ours.
+"""Prometheus metrics: the engine's own ``vllm:*`` series plus counters and live gauges of ours.
 
 vLLM's stat logger registers its metrics (``vllm:num_requests_running``,
-``vllm:time_to_first_token_seconds``, ...) in prometheus-client's default registry; they update
-as the engine steps. ``llama_serve_engine_requests`` is read live from the engine when
-scraped, so it is right even while the engine is idle.
+``vllm:time_to_first_token_seconds``, ``vllm:request_success_total``, ...) in
+prometheus-client's default registry, labelled by ``model_name``; counters and histograms
+update as the engine steps. Ours:
+
+- ``llama_serve_engine_requests`` and ``llama_serve_admitted_requests`` are read live when
+  scraped, so they are right even while the engine is idle;
+- ``llama_serve_rejected_requests_total{reason}``: requests refused before or instead of an
+  answer (auth, overloaded, rate_limited, draining, timeout, bad_request, ...);
+- ``llama_serve_failed_generations_total{model_name}``: JSON-mode outputs that failed
+  validation (Cerebras's ``failed_generation``);
+- ``llama_serve_http_responses_total{status}``: every HTTP answer by status code.
 """
 
 from __future__ import annotations
@@ -11,16 +19,103 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["render_metrics", "watch_pool"]
+from server.errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ContentTooLargeError,
+    EngineDeadError,
+    FailedGenerationError,
+    NotFoundError,
+    OverloadedError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+)
+
+__all__ = [
+    "REJECTION_REASONS",
+    "count_failed_generation",
+    "count_rejected",
+    "count_response",
+    "rejection_reason",
+    "render_metrics",
+    "watch_pool",
+]
+
+REJECTION_REASONS = (
+    "auth",
+    "overloaded",
+    "rate_limited",
+    "draining",
+    "engine_dead",
+    "unavailable",
+    "timeout",
+    "bad_request",
+    "not_found",
+    "too_large",
+)
+
+_REJECTED = Counter(
+    "llama_serve_rejected_requests",
+    "Requests refused or cut short, by reason.",
+    ["reason"],
+)
+_FAILED_GENERATIONS = Counter(
+    "llama_serve_failed_generations",
+    "JSON-mode outputs that did not parse or validate (Cerebras failed_generation).",
+    ["model_name"],
+)
+_RESPONSES = Counter(
+    "llama_serve_http_responses",
+    "HTTP responses by status code.",
+    ["status"],
+)
+for _reason in REJECTION_REASONS:  # a series exists (at 0) before the first rejection
+    _REJECTED.labels(_reason)
+
+
+def count_rejected(reason: str) -> None:
+    _REJECTED.labels(reason).inc()
+
+
+def count_failed_generation(model: str) -> None:
+    """One JSON-mode output that failed validation for ``model``."""
+    _FAILED_GENERATIONS.labels(model).inc()
+
+
+def count_response(status: int) -> None:
+    _RESPONSES.labels(str(status)).inc()
+
+
+def rejection_reason(error: APIError) -> str | None:
+    """The rejection reason an error is counted under; None for server errors and failed
+    generations (which have their own counter)."""
+    if isinstance(error, FailedGenerationError):
+        return None
+    if isinstance(error, OverloadedError):
+        return "rate_limited" if error.code == "rate_limit_exceeded" else "overloaded"
+    if isinstance(error, EngineDeadError):
+        return "engine_dead"
+    if isinstance(error, ServiceUnavailableError):
+        return "draining" if error.code == "draining" else "unavailable"
+    kinds: list[tuple[type[APIError], str]] = [
+        (AuthenticationError, "auth"),
+        (RequestTimeoutError, "timeout"),
+        (ContentTooLargeError, "too_large"),
+        (NotFoundError, "not_found"),
+        (BadRequestError, "bad_request"),
+    ]
+    return next((reason for kind, reason in kinds if isinstance(error, kind)), None)
 
 
 class _PoolCollector(Collector):
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, admission: Any = None) -> None:
         self.pool = pool
+        self.admission = admission
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         unfinished = GaugeMetricFamily(
@@ -28,13 +123,30 @@ class _PoolCollector(Collector):
             "Requests the engine holds right now (running or waiting), read when scraped.",
             labels=["model_name"],
         )
+        admitted = GaugeMetricFamily(
+            "llama_serve_admitted_requests",
+            "Requests admitted and not yet answered in full, per model (bounded by "
+            "max_num_seqs + max_waiting_requests).",
+            labels=["model_name"],
+        )
         for model in self.pool:
             unfinished.add_metric([model.id], model.engine.stats().running)
+            if self.admission is not None:
+                admitted.add_metric([model.id], self.admission.held(model.id))
         yield unfinished
+        yield admitted
 
 
-def watch_pool(pool: Any, registry: CollectorRegistry = REGISTRY) -> None:
-    registry.register(_PoolCollector(pool))
+_watched: dict[int, _PoolCollector] = {}
+
+
+def watch_pool(pool: Any, admission: Any = None, registry: CollectorRegistry = REGISTRY) -> None:
+    """Register the live gauges (replacing those of an earlier app in the same process)."""
+    old = _watched.pop(id(registry), None)
+    if old is not None:
+        registry.unregister(old)
+    _watched[id(registry)] = collector = _PoolCollector(pool, admission)
+    registry.register(collector)
 
 
 def render_metrics(registry: CollectorRegistry = REGISTRY) -> bytes:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.jsonscan import json_depth
+
 __all__ = [
     "IGNORED_FIELDS",
     "ChatCompletionChunk",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_ARGUMENT_DEPTH = 64
+"""Deepest JSON in an assistant message's tool call arguments (as the body's default)."""
 
 # OpenAI fields that mean nothing for a self-hosted server: accepted and ignored.
 IGNORED_FIELDS = frozenset(
@@ -55,7 +59,8 @@ IGNORED_FIELDS = frozenset(
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as documented (no "0.5" for a number, no 0 for a boolean), as OpenAI.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---------------------------------------------------------------- messages
@@ -110,6 +115,10 @@ class ChatMessage(_Strict):
             raise ValueError(f"a {self.role} message needs content")
         if self.role == "assistant" and self.content is None and not self.tool_calls:
             raise ValueError("an assistant message needs content or tool_calls")
+        # The prompt renders parsed arguments, and Python's json recurses once per level.
+        arguments = (call.function.arguments for call in self.tool_calls or [])
+        if any(json_depth(a, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH for a in arguments):
+            raise ValueError(f"tool call arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels")
         return self
 
 
@@ -126,7 +135,7 @@ class FunctionDefinition(_Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if not TOOL_NAME.match(name):
+        if not TOOL_NAME.fullmatch(name):  # match() would let "name\n" through
             raise ValueError(
                 f"tool name {name!r} must be 1 to 64 characters from a-z, A-Z, 0-9, _ and -"
             )
@@ -159,7 +168,7 @@ class JsonSchemaFormat(_Strict):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class ResponseFormat(_Strict):
@@ -213,7 +222,7 @@ class ChatCompletionRequest(_Strict):
     """The end-user's id; logged with the request id, never sent to the model."""
 
     # vLLM sampling extensions (sent through the SDKs' extra_body).
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=2**31 - 1)
     """extension: sample from the k most likely tokens (-1 or 0: all)."""
     min_p: Probability | None = None
     """extension: drop tokens below min_p times the top probability."""
@@ -248,7 +257,7 @@ class ChatCompletionRequest(_Strict):
     @classmethod
     def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
         for key in bias or {}:
-            if not key.isdigit() or int(key) >= 2**31:
+            if not (key.isascii() and key.isdigit()) or int(key) >= 2**31:
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
         return bias
 

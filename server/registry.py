@@ -8,7 +8,14 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["CONFIG_DIR", "ConfigError", "ModelConfig", "available_models", "load_model_config"]
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigError",
+    "ModelConfig",
+    "available_models",
+    "check_parallelism",
+    "load_model_config",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -38,8 +45,10 @@ class ModelConfig(BaseModel):
     """Maximum prompt plus completion tokens (vLLM ``max_model_len``)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weights and activations dtype."""
-    quantization: Literal["fp8"] | None = None
-    """Online or checkpoint quantization passed to vLLM (for example fp8 for 70B on one H200)."""
+    quantization: Literal["fp8", "fp8_per_tensor", "fp8_per_channel", "fp8_per_block"] | None = None
+    """Quantization passed to vLLM. ``fp8``: the checkpoint is already in FP8. The others
+    quantize bf16 weights to FP8 while loading, layer by layer (vLLM 0.32 online quantization),
+    e.g. ``fp8_per_channel`` for 70B on one H200 or two H100s (Hopper or newer)."""
     load_format: Literal["auto", "safetensors", "dummy"] = "auto"
     """``dummy`` builds random weights of the full architecture (GPU benchmarks, no download)."""
     architecture: str | None = None
@@ -74,6 +83,29 @@ class ModelConfig(BaseModel):
         if world > 8 and self.distributed_executor_backend != "ray":
             raise ValueError(f"{world} GPUs span nodes: set distributed_executor_backend: ray")
         return self
+
+
+def check_parallelism(config: ModelConfig, visible_gpus: int) -> None:
+    """At startup on a GPU node: refuse a layout that needs more GPUs than this node shows
+    (vLLM would otherwise fail deep in worker start-up). With Ray the workers span nodes and
+    vLLM checks the cluster itself."""
+    if config.distributed_executor_backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(
+                f"model {config.id}: distributed_executor_backend ray needs the 'ray' package "
+                "(pip install 'ray[cgraph]')"
+            )
+        return
+    tp, pp = config.tensor_parallel_size, config.pipeline_parallel_size
+    if tp * pp > visible_gpus:
+        raise ConfigError(
+            f"model {config.id}: tensor_parallel_size {tp} x pipeline_parallel_size {pp} needs "
+            f"{tp * pp} GPUs but this node shows {visible_gpus} (check CUDA_VISIBLE_DEVICES and "
+            "docker --gpus); pick a config for fewer GPUs, or span nodes with "
+            "distributed_executor_backend: ray"
+        )
 
 
 def load_model_config(name_or_path: str, config_dir: Path = CONFIG_DIR) -> ModelConfig:

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
 
-from server.errors import EngineDeadError
+from server.control import RequestControl, timeout_error
+from server.errors import EngineDeadError, ServiceUnavailableError
 from server.metrics import render_metrics
 from server.protocol import (
     ChatCompletionRequest,
@@ -31,20 +32,27 @@ def _service(request: Request) -> ChatService:
     return request.app.state.service
 
 
+def _control(request: Request) -> RequestControl:
+    return request.app.state.control
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    service = _service(request)
-    request_id = request.state.request_id = new_request_id()
+    service, control = _service(request), _control(request)
+    request_id = new_request_id()
+    headers = control.begin(request, body, request_id)  # 429 when full or over a limit
     prepared = await service.prepare(body, request_id)
     if body.stream:
         return EventSourceResponse(
-            _sse(service.stream(prepared)),
+            _sse(control.stream(request, service.stream(prepared))),
             ping=15,
-            headers={"x-request-id": request_id},
+            headers=headers,
             send_timeout=30,
         )
-    response = await _until_disconnect(request, service.complete(prepared))
-    return JSONResponse(response.model_dump(), headers={"x-request-id": request_id})
+    work = service.complete(prepared)
+    response = await _until_disconnect(request, work, timeout=control.request_timeout)
+    control.finish(request, response)
+    return JSONResponse(response.model_dump(), headers=headers)
 
 
 async def _sse(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
@@ -53,13 +61,18 @@ async def _sse(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
     yield {"data": "[DONE]"}
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work`` but cancel it (aborting the engine request) if the client goes away:
-    Starlette does not cancel a handler whose client disconnected."""
+async def _until_disconnect(request: Request, work: Awaitable[T], timeout: float) -> T:
+    """Run ``work`` but cancel it (aborting the engine request) if the client goes away
+    (Starlette does not cancel a handler whose client disconnected) or ``timeout`` passes."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            task.cancel()
+            raise timeout_error(timeout)
         if task not in done:
             task.cancel()
             raise asyncio.CancelledError("client disconnected")
@@ -92,9 +105,15 @@ def _card(model: Any) -> ModelCard:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
+    """503 once an engine died or a drain began (a probe's answer, not a rejection)."""
     pool = _service(request).pool
+    problem = None
     if not pool.alive:
-        raise EngineDeadError("The engine has stopped; this server is restarting.")
+        problem = EngineDeadError("The engine has stopped; this server is restarting.")
+    elif request.app.state.lifecycle.state != "serving":
+        problem = ServiceUnavailableError("The server is shutting down.", code="draining")
+    if problem is not None:
+        return JSONResponse(problem.body(), status_code=problem.status)
     return JSONResponse({"status": "ok", "models": [m.id for m in pool]})
 
 

@@ -90,6 +90,7 @@ class ChatService:
         segments = model.chat_format.render(request.messages, tools)
         prompt_ids = encode_segments(segments, model.engine.tokenizer)
         max_tokens = self._max_tokens(request, model, len(prompt_ids))
+        self._check_engine_limits(request, model, max_tokens)
         params = to_sampling_params(
             request,
             max_tokens=max_tokens,
@@ -145,6 +146,32 @@ class ChatService:
                 code="context_length_exceeded",
             )
         return wanted
+
+    @staticmethod
+    def _check_engine_limits(
+        request: ChatCompletionRequest, model: ServedModel, max_tokens: int
+    ) -> None:
+        """What only the model knows (vocabulary, room left): vLLM would refuse these with an
+        exception that is not the client's error envelope."""
+        vocab = len(model.engine.tokenizer)
+        outside = [k for k in request.logit_bias or {} if int(k) >= vocab]
+        if outside:
+            raise BadRequestError(
+                f"logit_bias names token ids outside the vocabulary of {vocab} tokens: "
+                f"{', '.join(outside[:5])}.",
+                param="logit_bias",
+            )
+        if (request.min_tokens or 0) > max_tokens:
+            raise BadRequestError(
+                f"min_tokens is {request.min_tokens}, more than the {max_tokens} tokens "
+                "that may be generated (max_tokens or the rest of the context).",
+                param="min_tokens",
+            )
+        if request.temperature == 0 and (request.n or 1) > 1:
+            raise BadRequestError(
+                "n must be 1 with temperature 0: greedy decoding gives one answer.",
+                param="n",
+            )
 
     # ------------------------------------------------------------ generation
 

@@ -4,9 +4,9 @@ variables (``LLAMA_SERVE_<NAME>``) are built from them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -41,6 +41,48 @@ class Settings(BaseSettings):
     """Log level of the server's own logs."""
     log_prompts: bool = False
     """Include prompt text in request logs (off: prompts may hold personal data)."""
+
+    # Operation: authentication, overload control, shutdown. See README "Operating it".
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """An API key clients must send as 'Authorization: Bearer <key>'; repeat for several
+    (environment: comma-separated). No key and no api_key_file: no authentication. Prefer the
+    environment or api_key_file: flags are visible in the process list."""
+    api_key_file: Path | None = None
+    """A file of API keys, one a line ('#' comments and blank lines ignored), added to
+    api_key."""
+    metrics_public: bool = False
+    """Serve /metrics without an API key (for a Prometheus that cannot send one)."""
+    max_waiting_requests: int = Field(default=256, ge=0)
+    """Requests per model that may wait beyond the engine's max_num_seqs running ones; more
+    get 429 with Retry-After."""
+    request_timeout: float = Field(default=600.0, gt=0)
+    """Seconds a chat completion may take before it is aborted in the engine: 504, or an
+    error event then [DONE] in a stream."""
+    drain_timeout: float = Field(default=30.0, ge=0)
+    """Seconds that in-flight requests (streams too) get to finish after SIGTERM before the
+    server stops; new requests get 503 meanwhile."""
+    rate_limit_requests_per_day: int | None = Field(default=None, ge=1)
+    """Chat completions per API key per UTC day (none: unlimited); over it, 429. Adds
+    Cerebras's x-ratelimit-*-requests-day headers."""
+    rate_limit_tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Prompt plus completion tokens per API key per minute (none: unlimited); once used up,
+    429 until the minute ends. Adds Cerebras's x-ratelimit-*-tokens-minute headers."""
+
+    # Request limits, checked before parsing (server/limits.py). See README "Limits".
+    max_request_bytes: int = Field(default=4 * 2**20, ge=1024)
+    """Largest request body in bytes (default 4 MiB); a larger one gets 413."""
+    max_header_bytes: int = Field(default=64 * 2**10, ge=1024)
+    """Largest total size of the request headers in bytes (default 64 KiB); more gets 431."""
+    max_json_depth: int = Field(default=64, ge=8, le=512)
+    """Deepest nesting of arrays and objects in a JSON body; deeper gets 400."""
+
+    @field_validator("model", "api_key", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """The environment gives one string: 'a,b' is two items."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def model_list(self) -> list[str]:
         names: list[str] = []

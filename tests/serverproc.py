@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port", "start_server"]
+__all__ = ["ServerProcess", "free_port", "model_dir", "start_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = float(os.environ.get("TEST_SERVER_START_TIMEOUT", "600"))
@@ -76,3 +76,12 @@ def start_server(*args: str, log_dir: Path, env: dict[str, str] | None = None) -
         time.sleep(0.5)
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server not ready in {START_TIMEOUT} s:\n{server.log()[-5000:]}")
+
+
+def model_dir(name: str) -> Path:
+    """The model's folder in the cache, fetched or built first if needed (as the server does)."""
+    from server.model_store import ensure_model
+    from server.registry import load_model_config
+    from server.settings import Settings
+
+    return Path(ensure_model(load_model_config(name), Settings().cache_dir))

@@ -178,7 +178,7 @@ def test_cerebras_sdk_tool_call(tiny_url: str) -> None:
             [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}],
             "auto",
             "tools",
-        ),  # noqa: E501
+        ),
         ([{"type": "retrieval"}], "auto", "tools[0].type"),
     ],
 )

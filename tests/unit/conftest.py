@@ -21,3 +21,13 @@ def meta_tokenizer() -> Any:
     from llama_models.llama3.tokenizer import Tokenizer
 
     return Tokenizer.get_instance()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer() -> Any:
+    """SmolLM2's tokenizer (49,152 tokens) from the model cache, converted first if needed."""
+    from transformers import AutoTokenizer
+
+    from tests.serverproc import model_dir
+
+    return AutoTokenizer.from_pretrained(model_dir("smollm2-135m"))

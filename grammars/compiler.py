@@ -1,0 +1,225 @@
+"""Prove a constraint compiles in bounded time before the engine sees it.
+
+One :class:`GrammarCompiler` per served model (one tokenizer, one backend). ``check`` sends
+the constraint's shape to a worker process (:mod:`grammars.worker`) that builds the grammar the
+way vLLM will, kills the worker if that takes longer than ``timeout`` and answers a 400.
+
+* One compile at a time per model: jobs queue for the compiler's single thread, which does
+  the blocking pipe I/O, so the event loop never waits on it.
+* Verdicts are cached by a hash of the backend and shape in a bounded LRU, failures included:
+  a schema that timed out once would time out again, and each try would cost ``timeout`` of
+  CPU and a worker restart. Identical schemas in flight share one compile.
+* A client that disconnects does not cancel the compile: the worker must finish (or be
+  killed) before it can take the next job, and the verdict is cached for the next request.
+
+The engine compiles the grammar again (it is another process, with its own cache). Its own
+limit for Outlines is ``VLLM_REGEX_COMPILATION_TIMEOUT_S`` (default 5 s): set it above
+``timeout`` so that what passes here also passes there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from grammars.constraints import Constraint
+from grammars.shape import Shape
+from grammars.worker import CompileResult, CompileWorker, WorkerStartError
+from server.errors import SchemaError, ServiceUnavailableError
+
+__all__ = ["GrammarCompiler", "shape_key"]
+
+log = logging.getLogger(__name__)
+
+_JSON_MODE = Shape(content="object")
+_MAX_ERROR_CHARS = 500
+
+
+def shape_key(backend: str, shape: Shape) -> str:
+    """A stable hash of what will be compiled (the encoding is a function of both)."""
+    text = json.dumps([backend, dataclasses.asdict(shape)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class GrammarCompiler:
+    """Compile-checks and caches the grammars of one model's requests."""
+
+    def __init__(
+        self,
+        tokenizer: str | os.PathLike[str] | Any,
+        *,
+        backend: str,
+        timeout: float = 10.0,
+        cache_size: int = 256,
+        vocab_size: int | None = None,
+        memory_headroom_mb: int = 4096,
+        startup_timeout: float = 300.0,
+        warmup: bool = True,
+    ) -> None:
+        """``tokenizer``: the folder vLLM loads the model's tokenizer from, or the loaded
+        tokenizer (its ``name_or_path`` is used: the worker loads its own copy);
+        ``timeout``: seconds one compile may take; ``vocab_size``: the model's (embedding)
+        vocabulary size, default the tokenizer's; ``memory_headroom_mb``: memory a compile may
+        use beyond the loaded worker's; ``warmup``: compile JSON mode (``json_object``) in
+        :meth:`start` within ``startup_timeout`` instead of ``timeout``, since every JSON-mode
+        request shares that grammar and Outlines needs seconds for it on a 128k vocabulary."""
+        self.backend = backend
+        self.timeout = timeout
+        self.startup_timeout = startup_timeout
+        self.warmup = warmup
+        self.cache_size = cache_size
+        self._worker = CompileWorker(
+            backend,
+            _tokenizer_path(tokenizer),
+            vocab_size=vocab_size,
+            memory_headroom_mb=memory_headroom_mb,
+            startup_timeout_s=startup_timeout,
+        )
+        # One thread runs every job in order: the queue of waiting compiles, off the event loop
+        # and bound to no particular loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"grammar-{backend}")
+        self._warm = False
+        self._cache: OrderedDict[str, CompileResult] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[CompileResult]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    async def start(self) -> None:
+        """Start the worker, build its vocabulary and warm up; raises WorkerStartError.
+
+        Call it at server start-up: a bad tokenizer path fails there, and the first request
+        does not wait for the worker. Otherwise the first compile calls it.
+        """
+        loop = asyncio.get_running_loop()
+        warm = await loop.run_in_executor(self._executor, self._start)
+        if warm is not None:
+            self._remember(shape_key(self.backend, _JSON_MODE), warm)
+
+    def _start(self) -> CompileResult | None:
+        started = time.monotonic()
+        self._worker.wait_ready()
+        if not self.warmup or self._warm:
+            return None
+        self._warm = True
+        result = self._worker.run(_JSON_MODE, self.startup_timeout)
+        log.info(
+            "grammar worker ready",
+            extra={
+                "backend": self.backend,
+                "seconds": round(time.monotonic() - started, 1),
+                "json_mode_compile_s": round(result.seconds, 2),
+                "json_mode_ok": result.ok,
+            },
+        )
+        return result
+
+    async def check(self, constraint: Constraint) -> Constraint:
+        """Prove ``constraint`` compiles within ``timeout`` and set its ``structured_outputs``
+        (in place; also returned), or raise SchemaError naming its param."""
+        if constraint.backend != self.backend:
+            raise ValueError(f"a {constraint.backend} constraint sent to a {self.backend} compiler")
+        try:
+            result = await self.compile(constraint.shape)
+        except WorkerStartError as exc:
+            raise ServiceUnavailableError(
+                "Structured outputs are unavailable: the grammar compiler could not start."
+            ) from exc
+        if not result.ok:
+            raise SchemaError(_message(constraint, result), param=constraint.param)
+        # A fresh copy per request: vLLM writes its chosen backend into the parameters.
+        constraint.structured_outputs = copy.copy(result.params)
+        return constraint
+
+    async def compile(self, shape: Shape) -> CompileResult:
+        """The verdict on ``shape`` (cached or fresh); never raises for a bad shape."""
+        key = shape_key(self.backend, shape)
+        if (hit := self._cache.get(key)) is not None:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return dataclasses.replace(hit, cached=True)
+        future = self._inflight.get(key)
+        if future is None:
+            self.misses += 1
+            future = asyncio.ensure_future(self._compile(key, shape))
+            self._inflight[key] = future
+            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(future)
+
+    async def _compile(self, key: str, shape: Shape) -> CompileResult:
+        if self.warmup and not self._warm:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._executor, self._worker.run, shape, self.timeout)
+        self._remember(key, result)
+        if not result.ok:
+            level = logging.WARNING if result.timed_out or result.crashed else logging.INFO
+            log.log(
+                level,
+                "grammar refused",
+                extra={
+                    "backend": self.backend,
+                    "key": key[:16],
+                    "timed_out": result.timed_out,
+                    "crashed": result.crashed,
+                    "error": (result.error or "")[:200],
+                },
+            )
+        return result
+
+    def _remember(self, key: str, result: CompileResult) -> None:
+        """Cache writes happen on the event loop's thread only."""
+        self._cache[key] = result
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    @property
+    def restarts(self) -> int:
+        """Times the worker was killed (timeout) or died (crash) and was restarted."""
+        return self._worker.restarts
+
+    def close(self) -> None:
+        """Stop the worker for good; a compile in progress ends with WorkerStartError."""
+        self._worker.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> GrammarCompiler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _tokenizer_path(tokenizer: str | os.PathLike[str] | Any) -> str:
+    if isinstance(tokenizer, str | os.PathLike):
+        return os.fspath(tokenizer)
+    path = getattr(tokenizer, "name_or_path", None)
+    if not path:
+        raise ValueError("the tokenizer has no name_or_path: pass the folder it came from")
+    return str(path)
+
+
+def _message(constraint: Constraint, result: CompileResult) -> str:
+    if constraint.kind in ("json_object", "json_schema"):
+        what = "the response_format schema"
+    elif constraint.shape.content in ("object", "schema"):
+        what = "the grammar built from tools and response_format"
+    else:
+        what = "the tool-call grammar built from tools"
+    if result.timed_out:
+        return f"{what} is too complex to compile within {result.seconds:g} s"
+    if result.crashed:
+        return f"{what} is too complex to compile (the grammar compiler ran out of memory)"
+    error = result.error or "unknown error"
+    if len(error) > _MAX_ERROR_CHARS:  # some backends quote the whole offending subschema
+        error = error[:_MAX_ERROR_CHARS] + "..."
+    return f"{what} cannot be enforced by the {constraint.backend} backend: {error}"

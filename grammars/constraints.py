@@ -1,0 +1,178 @@
+"""Turn a Chat Completions request into the constraint the engine must enforce.
+
+:func:`build_constraint` is pure and cheap: it validates the client's schemas (size, depth,
+references, meta-schema; :mod:`grammars.limits`) and decides the :class:`~grammars.shape.Shape`
+of the output. It does not build the backend's grammar: for Outlines that can take unbounded
+time and memory, so :class:`~grammars.compiler.GrammarCompiler` does it in its worker process
+and returns the constraint with ``structured_outputs`` filled in.
+
+Decisions, in the order they are taken:
+
+* ``tool_choice`` ``required`` or a named function without ``tools``: 400 naming tool_choice;
+  a named function that is not in ``tools``: 400 naming tool_choice.
+* Tools are only enforced when ``tool_choice`` is not ``none``; every tool's ``parameters``
+  schema is validated whenever tools are sent (400 naming tools and the tool).
+* A forced call (``required`` or named) with a JSON ``response_format``: 400, the two conflict.
+* ``required``: one call to any tool, or several joined by the format's separator unless
+  ``parallel_tool_calls`` is false or the backend cannot enforce that (Outlines, see
+  :mod:`grammars.encode`). A named function: exactly one call to it.
+* ``auto``: non-empty free text that does not start with ``{``, or the calls as for
+  ``required``; with a JSON ``response_format`` the content must match it instead.
+* ``json_schema`` without a ``schema`` is treated as ``json_object``. ``strict`` is ignored:
+  every schema is enforced, and one that cannot be is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jsonschema.exceptions import best_match
+from vllm.sampling_params import StructuredOutputsParams
+
+from grammars.encode import BACKENDS, PARALLEL_CALLS, encode
+from grammars.limits import check_schema, schema_validator
+from grammars.shape import EMPTY_PARAMETERS, LLAMA3_JSON, Shape, ToolCallSyntax, call_schema
+from server.errors import BadRequestError, UnsupportedError
+from server.protocol import ChatCompletionRequest, NamedToolChoice, ResponseFormat, Tool
+
+__all__ = ["Constraint", "ConstraintKind", "build_constraint"]
+
+ConstraintKind = Literal["json_object", "json_schema", "tool_call", "tool_auto"]
+
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+@dataclass
+class Constraint:
+    """What the engine must enforce on one request, and what to validate the output against."""
+
+    kind: ConstraintKind
+    """``json_object`` / ``json_schema``: the content is JSON; ``tool_call``: a call is forced;
+    ``tool_auto``: content (free text, or JSON if response_format asks) or calls."""
+    param: str
+    """The request field that errors about this constraint name."""
+    shape: Shape
+    backend: str
+    """The engine's structured-output backend (``outlines``, ``xgrammar`` or ``guidance``)."""
+    structured_outputs: StructuredOutputsParams | None = None
+    """The engine parameters. Set by :meth:`GrammarCompiler.check` once they compile in time;
+    for ``xgrammar`` and ``guidance`` also by :func:`build_constraint` (their encoding is a
+    cheap ``json.dumps``), never for ``outlines`` (whose regex must be built in the worker)."""
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the message content must validate against; None for free text."""
+        if self.shape.content == "object":
+            return _ANY_OBJECT
+        return self.shape.content_schema
+
+    @property
+    def call_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema each tool call (``{"name": ..., "parameters": ...}``) must match."""
+        return self.shape.call_schema
+
+    @property
+    def parallel_calls(self) -> bool:
+        return self.shape.multiple_calls
+
+    def validate(self, text: str) -> str | None:
+        """Why ``text`` is not valid content under this constraint, or None if it is.
+
+        Free text (``tool_auto`` without response_format) is always valid; tool calls are
+        checked by the tool-call parser against each tool's own schema.
+        """
+        schema = self.schema
+        if schema is None:
+            return None
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:
+            return "the JSON nests too deeply to check"
+        except ValueError as exc:
+            return f"not valid JSON ({exc})"
+        error = best_match(schema_validator(schema).iter_errors(value))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+        return f"{error.message} (at {where})"
+
+
+def build_constraint(
+    request: ChatCompletionRequest,
+    *,
+    backend: str,
+    tool_call_format: ToolCallSyntax = LLAMA3_JSON,
+) -> Constraint | None:
+    """The constraint ``request`` needs, or None when its output is unconstrained text."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown structured-output backend {backend!r}; expected {BACKENDS}")
+    content, content_schema = _content(request.response_format)
+    choice = request.effective_tool_choice
+    tools = request.tools or []
+    if choice != "none" and choice != "auto" and not tools:
+        raise BadRequestError("tool_choice requires tools", param="tool_choice")
+    parameters = {t.function.name: _parameters(t) for t in tools}
+
+    if choice == "none" or not tools:
+        if content == "text":
+            return None
+        kind: ConstraintKind = "json_object" if content == "object" else "json_schema"
+        return _constraint(kind, "response_format", Shape(content, content_schema), backend)
+
+    forced = choice != "auto"
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.name
+        if name not in parameters:
+            raise BadRequestError(
+                f"tool_choice names function {name!r}, which is not in tools", param="tool_choice"
+            )
+        parameters = {name: parameters[name]}
+    if forced and content != "text":
+        raise UnsupportedError(
+            "response_format cannot be combined with a tool_choice that forces a tool call "
+            "(required or a named function): the output cannot be both",
+            param="response_format",
+        )
+    calls = call_schema(parameters, tool_call_format)
+    check_schema(calls, param="tools", what="the tool-call schema built from tools")
+    shape = Shape(
+        content="none" if forced else content,
+        content_schema=content_schema,
+        call_schema=calls,
+        multiple_calls=request.parallel_tool_calls is not False
+        and not isinstance(choice, NamedToolChoice)
+        and PARALLEL_CALLS[backend],
+        separator=tool_call_format.separator,
+    )
+    return _constraint("tool_call" if forced else "tool_auto", "tools", shape, backend)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; clients do not
+
+
+def _constraint(kind: ConstraintKind, param: str, shape: Shape, backend: str) -> Constraint:
+    params = None if backend == "outlines" else encode(shape, backend)
+    return Constraint(kind, param, shape, backend, params)
+
+
+def _content(
+    response_format: ResponseFormat | None,
+) -> tuple[Literal["text", "object", "schema"], dict[str, Any] | None]:
+    if response_format is None or response_format.type == "text":
+        return "text", None
+    schema = response_format.json_schema.schema_ if response_format.json_schema else None
+    if response_format.type == "json_object" or schema is None:
+        return "object", None
+    check_schema(schema, param="response_format", what="response_format.json_schema.schema")
+    return "schema", schema
+
+
+def _parameters(tool: Tool) -> dict[str, Any]:
+    params = tool.function.parameters
+    if params is None:
+        return EMPTY_PARAMETERS
+    check_schema(params, param="tools", what=f"the parameters of tool {tool.function.name!r}")
+    return params

@@ -1,0 +1,144 @@
+"""Cheap checks on a client's JSON Schema, run before any grammar is built.
+
+A schema reaches three consumers: a grammar compiler (whose cost grows with the schema), the
+engine, and ``jsonschema`` when the output is validated. Each check here is linear in the size
+of the schema, so a hostile schema is refused before it costs anything:
+
+* size and nesting caps: the compilers' cost grows steeply with both, and vLLM itself refuses
+  documents nested deeper than 64;
+* no remote ``$ref``: resolving one would make the server fetch URLs (or read files) on a
+  client's behalf, and no backend resolves them anyway;
+* the schema must be valid against its own meta-schema, so that validating the output later
+  means something.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from jsonschema.exceptions import SchemaError as JsonSchemaSchemaError
+from jsonschema.protocols import Validator
+from jsonschema.validators import Draft202012Validator, validator_for
+
+from server.errors import SchemaError
+
+__all__ = [
+    "MAX_SCHEMA_BYTES",
+    "MAX_SCHEMA_DEPTH",
+    "check_schema",
+    "json_depth",
+    "schema_validator",
+]
+
+MAX_SCHEMA_BYTES = 64 * 1024
+"""Largest schema accepted, as compact JSON. JSONSchemaBench's largest is 59,696 bytes."""
+
+MAX_SCHEMA_DEPTH = 32
+"""Deepest nesting of JSON objects and arrays in a schema document (JSONSchemaBench: 24)."""
+
+# Keywords whose values are data, not subschemas: a "$ref" key inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of objects and arrays in ``value`` (a scalar is 0), without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in children)
+    return depth
+
+
+def schema_validator(schema: dict[str, Any]) -> Validator:
+    """A validator for ``schema`` in its declared draft; an unknown ``$schema`` means 2020-12.
+
+    Passing a default keeps jsonschema from warning (and, in later releases, failing) on a
+    ``$schema`` it does not know; use this for the outputs too, so both sides agree.
+    """
+    return _validator_class(schema)(schema)
+
+
+def _validator_class(schema: dict[str, Any]) -> type[Validator]:
+    return validator_for(schema, default=Draft202012Validator)
+
+
+def _refs(schema: Any) -> list[str]:
+    """Every reference string in ``schema``, skipping keywords whose values are data."""
+    found, stack = [], [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in _REF_KEYWORDS and isinstance(value, str):
+                    found.append(value)
+                elif key not in _DATA_KEYWORDS:
+                    stack.append(value)
+    return found
+
+
+def _resolves(schema: dict[str, Any], ref: str) -> bool:
+    """Whether a local JSON-pointer reference (``#/a/b``) names a node of ``schema``."""
+    if not ref.startswith("#/"):
+        return True  # "#" itself, or a named anchor, which jsonschema checks when it validates
+    node: Any = schema
+    for raw in ref[2:].split("/"):
+        part = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def check_schema(schema: Any, *, param: str, what: str) -> None:
+    """Refuse ``schema`` with a 400 naming ``param`` unless it is small, local and valid.
+
+    ``what`` names the schema in the message (``"response_format.json_schema.schema"``,
+    ``"the parameters of tool 'get_weather'"``).
+    """
+    if not isinstance(schema, dict):
+        raise SchemaError(f"{what} must be a JSON object", param=param)
+    depth = json_depth(schema)
+    if depth > MAX_SCHEMA_DEPTH:
+        raise SchemaError(
+            f"{what} nests {depth} levels deep; at most {MAX_SCHEMA_DEPTH} are allowed",
+            param=param,
+        )
+    # Depth first: json.dumps recurses, and would overflow on a very deep document.
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > MAX_SCHEMA_BYTES:
+        raise SchemaError(
+            f"{what} is {size} bytes; at most {MAX_SCHEMA_BYTES} are allowed", param=param
+        )
+    refs = _refs(schema)
+    remote = [ref for ref in refs if not ref.startswith("#")]
+    if remote:
+        raise SchemaError(
+            f"{what} uses a reference outside the schema ({remote[0]!r}); only local "
+            "references starting with '#' are supported",
+            param=param,
+        )
+    dangling = [ref for ref in refs if not _resolves(schema, ref)]
+    if dangling:
+        raise SchemaError(f"{what} has a reference to nothing: {dangling[0]!r}", param=param)
+    try:
+        _validator_class(schema).check_schema(schema)
+    except JsonSchemaSchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise SchemaError(
+            f"{what} is not a valid JSON Schema at {where}: {exc.message}", param=param
+        ) from exc

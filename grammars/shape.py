@@ -1,0 +1,125 @@
+"""What an output may look like, before any backend is chosen.
+
+A :class:`Shape` says which content is allowed (none, free text, any JSON object, or a JSON
+Schema) and which tool calls (a schema for one call, one or several calls). Every backend
+encodes the same shape in its own syntax (:mod:`grammars.encode`), so the backends differ in
+spelling only, never in what they accept.
+
+A tool call is the Llama 3.1 JSON shape ``{"name": "<tool>", "parameters": {...}}``. The
+spelling (key names, separator between parallel calls) comes from a :class:`ToolCallSyntax`
+chosen by the model's chat format; nothing here is specific to one model family.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "EMPTY_PARAMETERS",
+    "LLAMA3_JSON",
+    "JsonToolCalls",
+    "Shape",
+    "ToolCallSyntax",
+    "call_schema",
+]
+
+EMPTY_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {},
+    "additionalProperties": False,
+}
+"""A tool without ``parameters`` takes no arguments (OpenAI: "omitting parameters defines a
+function with an empty parameter list")."""
+
+# Keywords whose values are data, not subschemas: a "$ref" inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+
+
+class ToolCallSyntax(Protocol):
+    """How a model family writes tool calls as JSON; the tool-call parser reads the same."""
+
+    name_key: str
+    arguments_key: str
+    separator: str
+    """Between parallel calls in one message."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonToolCalls:
+    """One JSON object per call, ``{name_key: <tool>, arguments_key: {...}}``."""
+
+    name_key: str = "name"
+    arguments_key: str = "parameters"
+    separator: str = "; "
+
+
+LLAMA3_JSON = JsonToolCalls()
+"""Llama 3.1's JSON tool calls (SmolLM2 is prompted to use the same)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The set of outputs a constraint allows; plain data, so it can be hashed and pickled."""
+
+    content: Literal["none", "text", "object", "schema"]
+    """``none``: content is not allowed (a call is forced); ``text``: non-empty free text that
+    does not start with ``{``; ``object``: any JSON object; ``schema``: JSON valid for
+    ``content_schema``."""
+    content_schema: dict[str, Any] | None = None
+    call_schema: dict[str, Any] | None = None
+    """The schema of one tool call; None when no call is allowed."""
+    multiple_calls: bool = False
+    """Several calls joined by ``separator`` (parallel tool calls)."""
+    separator: str = "; "
+
+
+def call_schema(tools: dict[str, dict[str, Any]], syntax: ToolCallSyntax) -> dict[str, Any]:
+    """The schema of one call to any of ``tools`` (name to parameters schema).
+
+    Each tool's parameters go under ``$defs/<name>`` and the call refers to them, so that the
+    tool's own local references (``#/definitions/x``, ``#``) can be rewritten to stay valid:
+    a reference through ``anyOf/<index>`` would be simpler but Outlines and XGrammar cannot
+    follow a JSON pointer through an array.
+    """
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                syntax.name_key: {"const": name},
+                syntax.arguments_key: {"$ref": f"#/$defs/{name}"},
+            },
+            "required": [syntax.name_key, syntax.arguments_key],
+            "additionalProperties": False,
+        }
+        for name in tools
+    ]
+    schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    schema["$defs"] = {name: _rebase(params, f"#/$defs/{name}") for name, params in tools.items()}
+    return schema
+
+
+def _rebase(schema: dict[str, Any], base: str) -> dict[str, Any]:
+    """A copy of ``schema`` to embed at JSON pointer ``base``, its local refs rewritten.
+
+    ``$schema`` and ``$id`` are dropped: they are only allowed at a document's root, and an
+    ``$id`` would make references resolve against the wrong base. Tool names match
+    ``[a-zA-Z0-9_-]``, so ``base`` needs no JSON-pointer escaping.
+    """
+    out = copy.deepcopy(schema)
+    out.pop("$schema", None)
+    out.pop("$id", None)
+    stack: list[Any] = [out]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+                    rest = value[1:]
+                    node[key] = base + rest if rest.startswith("/") or not rest else value
+                elif key not in _DATA_KEYWORDS:
+                    stack.append(value)
+    return out

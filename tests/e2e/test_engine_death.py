@@ -1,0 +1,76 @@
+"""An engine whose core process dies: in-flight requests get an error (a stream an error event
+then [DONE]), /health answers 503, and the process exits non-zero for a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.serverproc import ServerProcess, start_server
+from tests.sse import sse_data
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server("--model", MODEL, log_dir=tmp_path_factory.mktemp("death"))
+    children = psutil.Process(proc.proc.pid).children(recursive=True)
+    yield proc
+    proc.stop(timeout=30)  # the test's engine death stopped it already, unless it failed
+    for child in children:  # never leave an orphaned worker behind
+        if child.is_running():
+            child.kill()
+
+
+def engine_core(pid: int) -> psutil.Process:
+    cores = [
+        p
+        for p in psutil.Process(pid).children(recursive=True)
+        if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
+    ]
+    assert len(cores) == 1, [(p.pid, p.name()) for p in psutil.Process(pid).children()]
+    return cores[0]
+
+
+def test_engine_death_fails_requests_turns_health_503_and_exits_non_zero(
+    server: ServerProcess,
+) -> None:
+    url = f"{server.base_url}/v1/chat/completions"
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 3000,
+        "ignore_eos": True,
+    }
+    plain: dict[str, Any] = {}
+    with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
+        lines = r.iter_lines()
+        head = []
+        while len(sse_data(head)) < 3:
+            head.append(next(lines))
+        worker = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body)))
+        worker.start()
+        time.sleep(0.5)  # the plain request is in flight too
+        core = engine_core(server.proc.pid)
+        core.kill()
+        events = sse_data(head + list(lines))
+        health = httpx.get(f"{server.base_url}/health", timeout=10)
+    worker.join(60)
+    code = server.proc.wait(60)
+
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["code"] == "engine_dead", events[-2]
+    assert health.status_code == 503 and health.json()["error"]["code"] == "engine_dead"
+    assert plain["r"].status_code == 503, plain["r"].text
+    assert plain["r"].json()["error"]["code"] == "engine_dead"
+    assert code == 1, server.log()[-3000:]
+    assert '"msg": "engine died; exiting for a restart"' in server.log()

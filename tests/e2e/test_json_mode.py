@@ -1,0 +1,157 @@
+"""JSON mode and JSON Schema outputs, enforced by constrained decoding, end to end."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import cerebras.cloud.sdk
+import jsonschema
+import openai
+import pytest
+from cerebras.cloud.sdk import Cerebras
+
+pytestmark = pytest.mark.e2e
+
+SMOL = "smollm2-135m"
+TINY = "llama3.1-tiny"
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "languages": {"type": "array", "items": {"type": "string", "maxLength": 15},
+                      "maxItems": 3},
+    },
+    "required": ["name", "age", "languages"],
+    "additionalProperties": False,
+}  # fmt: skip
+PROMPTS = [
+    "Describe a cat as a JSON object.",
+    "Give me a JSON object with the capital of France.",
+    "Return JSON with keys a and b holding numbers.",
+    "List three colors in a JSON object.",
+    "Reply in JSON: what is 2+2?",
+    "A JSON object describing a book.",
+    "JSON object with your name.",
+    "Output a JSON object about the weather.",
+]
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You answer only in JSON."},
+            {"role": "user", "content": text}]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smol(smol_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_json_object_always_parses(smol: openai.OpenAI) -> None:
+    failed = 0
+    for i, prompt in enumerate(PROMPTS):
+        try:
+            r = smol.chat.completions.create(
+                model=SMOL, messages=ask(prompt), max_tokens=200, seed=i,
+                response_format={"type": "json_object"},
+            )  # fmt: skip
+        except openai.BadRequestError as err:
+            # Truncation is the one allowed failure, and it is reported, never returned.
+            assert err.body["code"] == "json_validate_failed"
+            failed += 1
+            continue
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    assert failed <= 1, f"{failed} of {len(PROMPTS)} ran out of tokens"
+
+
+@pytest.mark.parametrize(("url_fixture", "model"), [("smol_url", SMOL), ("tiny_url", TINY)])
+def test_json_schema_outputs_validate(request: pytest.FixtureRequest, url_fixture: str,
+                                      model: str) -> None:  # fmt: skip
+    url = request.getfixturevalue(url_fixture)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
+                                                   "strict": True}}  # fmt: skip
+    for seed in range(4):
+        r = client.chat.completions.create(
+            model=model, messages=ask("Invent a person."), max_tokens=150, seed=seed,
+            temperature=1.0, response_format=fmt,
+        )  # fmt: skip
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+
+
+def test_truncated_json_is_400_with_failed_generation(smol: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        smol.chat.completions.create(
+            model=SMOL, messages=ask("Describe a cat in detail."), max_tokens=3,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+    body = err.value.body
+    assert err.value.status_code == 400
+    assert body["code"] == "json_validate_failed" and body["param"] == "response_format"
+    assert body["type"] == "invalid_request_error"
+    assert body["failed_generation"].startswith("{")
+
+
+def test_cerebras_sdk_sees_failed_generation(smol_url: str) -> None:
+    client = Cerebras(base_url=smol_url, api_key="unused", max_retries=0)
+    with pytest.raises(cerebras.cloud.sdk.BadRequestError) as err:
+        client.chat.completions.create(
+            model=SMOL, messages=ask("A cat."), max_tokens=2,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+    assert "failed_generation" in err.value.body
+
+
+def test_json_mode_with_stream_is_400(smol: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        smol.chat.completions.create(
+            model=SMOL, messages=ask("A cat."), stream=True,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+    assert err.value.body["param"] == "stream"
+    assert "response_format" in err.value.body["message"]
+
+
+def test_invalid_schema_is_400(smol: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        smol.chat.completions.create(
+            model=SMOL, messages=ask("x"),
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+        )  # fmt: skip
+    assert err.value.body["param"] == "response_format"
+
+
+def test_pathological_schema_is_400_fast_and_others_still_served(smol: openai.OpenAI) -> None:
+    # Many optional string properties with patterns: a regex whose automaton explodes.
+    props = {f"p{i}": {"type": "string", "pattern": "^(a|aa|aaa)+(b|bb)*c{2,9}$"}
+             for i in range(40)}  # fmt: skip
+    evil = {"type": "object", "properties": props}
+    plain: dict[str, object] = {}
+
+    def plain_request() -> None:
+        started = time.monotonic()
+        r = smol.chat.completions.create(model=SMOL, messages=ask("hi"), max_tokens=8)
+        plain["seconds"] = time.monotonic() - started
+        plain["content"] = r.choices[0].message.content
+
+    worker = threading.Thread(target=plain_request)
+    started = time.monotonic()
+    worker.start()
+    with pytest.raises(openai.BadRequestError) as err:
+        smol.chat.completions.create(
+            model=SMOL, messages=ask("x"), max_tokens=50,
+            response_format={"type": "json_schema", "json_schema": {"name": "e", "schema": evil}},
+        )  # fmt: skip
+    elapsed = time.monotonic() - started
+    worker.join(120)
+    assert err.value.body["param"] == "response_format"
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert plain.get("content") is not None

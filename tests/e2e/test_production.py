@@ -1,0 +1,345 @@
+"""Production operation on one real server: API keys on every route, /metrics counts, the
+queue bound (429 + Retry-After), the request deadline, rate-limit headers, the access log.
+
+One server for the module: smollm2-135m with max_num_seqs 2 and max_waiting_requests 2 (four
+slots), two API keys (environment and file), a 10 s request timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import openai
+import pytest
+import yaml
+from cerebras.cloud.sdk import Cerebras
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.registry import CONFIG_DIR
+from tests.serverproc import ServerProcess, start_server
+from tests.sse import sse_data
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "smollm2-135m"
+KEY = "sk-e2e-env-6f1c2b"
+FILE_KEY = "sk-e2e-file-93ad0e"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SLOTS = 4  # max_num_seqs 2 + max_waiting_requests 2
+TIMEOUT = 10.0
+HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("guarded")
+    config = yaml.safe_load((CONFIG_DIR / f"{MODEL}.yaml").read_text())
+    model_file = folder / "smol-2-seqs.yaml"
+    model_file.write_text(yaml.safe_dump(config | {"max_num_seqs": 2}))
+    key_file = folder / "keys.txt"
+    key_file.write_text(f"# e2e\n{FILE_KEY}\n")
+    env = {
+        "LLAMA_SERVE_API_KEY": KEY,
+        "LLAMA_SERVE_API_KEY_FILE": str(key_file),
+        "LLAMA_SERVE_MAX_WAITING_REQUESTS": "2",
+        "LLAMA_SERVE_REQUEST_TIMEOUT": str(TIMEOUT),
+        "LLAMA_SERVE_RATE_LIMIT_REQUESTS_PER_DAY": "100000",
+    }
+    server = start_server("--model", str(model_file), log_dir=folder, env=env)
+    yield server
+    assert server.stop() == 0
+
+
+def chat(url: str, headers: dict[str, str] = AUTH, **body: Any) -> httpx.Response:
+    payload = {"model": MODEL, "messages": HELLO, "max_tokens": 8} | body
+    return httpx.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=60)
+
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def scrape(url: str) -> Samples:
+    text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30).text
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name`` over the series with these labels (vLLM adds ``engine``)."""
+    return sum(v for n, have, v in samples if n == name and labels.items() <= have.items())
+
+
+# ------------------------------------------------------------------ API keys
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+SPELLINGS = [
+    "/health/",
+    "//health",
+    "/HEALTH",
+    "/health/.",
+    "/./health",
+    "/health%2F",
+    "/%2Fhealth",
+    "/%68ealth",
+    "/health;x",
+    "/metrics",
+    "/metrics/",
+    "//metrics",
+    "/v1/models/",
+    "//v1/models",
+    "/V1/models",
+    "/v1//models",
+    "/v1/%6dodels",
+    "/v1/chat/completions/",
+    "/v1/chat%2Fcompletions",
+    "/v1/chat/completions?stream=true",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/nothing",
+    "/",
+    "*",
+]
+
+
+def served_paths(url: str) -> list[str]:
+    spec = httpx.get(f"{url}/openapi.json", headers=AUTH, timeout=30).json()
+    paths = [re.sub(r"\{[^}]+\}", MODEL, p) for p in spec["paths"]]
+    assert "/v1/chat/completions" in paths
+    return paths
+
+
+def raw_status(port: int, method: str, target: str, headers: dict[str, str]) -> int:
+    """Send ``target`` byte for byte (no client-side normalisation)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, target, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status == 401 and method != "HEAD":
+            assert json.loads(body)["error"]["type"] == "authentication_error"
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_every_route_spelling_and_method_needs_a_key(guarded: ServerProcess) -> None:
+    targets = sorted(set(served_paths(guarded.base_url)) | set(SPELLINGS))
+    slipped = []
+    for target in targets:
+        path = unquote(target.partition("?")[0])
+        for method in METHODS:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+                exempt = path == "/health" and method == "GET"
+                status = raw_status(guarded.port, method, target, headers)
+                if (status == 401) == exempt:
+                    slipped.append((method, target, headers, status))
+    assert slipped == []
+
+
+def test_with_a_key_the_answers_match_an_open_server(guarded: ServerProcess, smol_url: str) -> None:
+    keyed = openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key=KEY, max_retries=0)
+    open_ = openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+    ask = {"model": MODEL, "messages": HELLO, "max_tokens": 24, "temperature": 0}
+    a, b = keyed.chat.completions.create(**ask), open_.chat.completions.create(**ask)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.usage == b.usage and a.choices[0].finish_reason == b.choices[0].finish_reason
+    streamed = keyed.chat.completions.create(**ask, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == a.choices[0].message.content
+    assert [m.id for m in keyed.models.list()] == [MODEL]
+    file_keyed = openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key=FILE_KEY, max_retries=0)
+    assert file_keyed.chat.completions.create(**ask).choices[0].message.content == text
+    cerebras = Cerebras(base_url=guarded.base_url, api_key=KEY, max_retries=0)
+    assert cerebras.chat.completions.create(**ask).choices[0].message.content == text
+    wrong = openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        wrong.chat.completions.create(**ask)
+    assert refused.value.status_code == 401
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_metrics_count_the_requests_sent(guarded: ServerProcess) -> None:
+    url, n, tokens = guarded.base_url, 5, 6
+    before = scrape(url)
+    usages = []
+    for i in range(n):
+        r = chat(url, max_tokens=tokens, ignore_eos=True, temperature=0, seed=i)
+        assert r.status_code == 200
+        usages.append(r.json()["usage"])
+    for _ in range(3):
+        assert chat(url, headers={}).status_code == 401
+    for _ in range(2):
+        assert chat(url, temperature=9).status_code == 400
+    want_prompt = sum(u["prompt_tokens"] for u in usages)
+
+    def delta(after: Samples, name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    deadline = time.monotonic() + 20
+    while True:  # vLLM's counters follow the engine's steps: give them a moment
+        after = scrape(url)
+        m = {"model_name": MODEL}
+        engine = {
+            "success": delta(after, "vllm:request_success_total", finished_reason="length", **m),
+            "generation": delta(after, "vllm:generation_tokens_total", **m),
+            "prompt": delta(after, "vllm:prompt_tokens_total", **m),
+            "e2e": delta(after, "vllm:e2e_request_latency_seconds_count", **m),
+            "ttft": delta(after, "vllm:time_to_first_token_seconds_count", **m),
+        }
+        want = {"success": n, "generation": n * tokens, "prompt": want_prompt, "e2e": n, "ttft": n}
+        if engine == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert engine == want
+    ours = {
+        "200": delta(after, "llama_serve_http_responses_total", status="200"),
+        "401": delta(after, "llama_serve_http_responses_total", status="401"),
+        "400": delta(after, "llama_serve_http_responses_total", status="400"),
+        "auth": delta(after, "llama_serve_rejected_requests_total", reason="auth"),
+        "bad_request": delta(after, "llama_serve_rejected_requests_total", reason="bad_request"),
+    }
+    # 200s: the n answers plus the first scrape (counted once it was sent).
+    assert ours == {"200": n + 1, "401": 3, "400": 2, "auth": 3, "bad_request": 2}
+    assert value(after, "vllm:num_requests_running", **m) == 0
+    assert value(after, "llama_serve_admitted_requests", model_name=MODEL) == 0
+
+
+# ------------------------------------------------------------------ overload
+
+
+async def _hold_all_slots(url: str, tokens: int) -> tuple[list[list[Any]], httpx.Response, Any]:
+    """Open SLOTS streams (each holds its slot until it ends), then ask once more."""
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": tokens, "ignore_eos": True}
+    async with (
+        httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        streams = [
+            await stack.enter_async_context(
+                client.stream("POST", "/v1/chat/completions", json=body | {"stream": True})
+            )
+            for _ in range(SLOTS)
+        ]
+        assert [s.status_code for s in streams] == [200] * SLOTS
+        refused = await client.post("/v1/chat/completions", json=body | {"max_tokens": 2})
+        # The OpenAI SDK waits Retry-After and tries again: it gets through once the
+        # streams end.
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=20)
+        retried = asyncio.create_task(
+            asyncio.to_thread(
+                sdk.chat.completions.create, model=MODEL, messages=HELLO, max_tokens=2
+            )
+        )
+        events = [sse_data([line async for line in s.aiter_lines()]) for s in streams]
+        return events, refused, await retried
+
+
+def test_queue_bound_gives_429_with_retry_after_and_loses_nothing_below_it(
+    guarded: ServerProcess,
+) -> None:
+    before = scrape(guarded.base_url)
+    tokens = 64
+    events, refused, retried = asyncio.run(_hold_all_slots(guarded.base_url, tokens))
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    for stream in events:  # every admitted request finished whole
+        assert stream[-1] == "[DONE]"
+        final = stream[-2]
+        assert final["choices"][0]["finish_reason"] == "length"
+        assert final["usage"]["completion_tokens"] == tokens
+        assert "error" not in json.dumps(stream)
+    assert retried is not None and retried.choices[0].message.content is not None
+    after = scrape(guarded.base_url)
+    rejected = "llama_serve_rejected_requests_total"
+    overloaded = value(after, rejected, reason="overloaded")
+    assert overloaded - value(before, rejected, reason="overloaded") >= 2  # ours + the SDK's
+
+
+# ------------------------------------------------------------------ deadline
+
+
+def test_request_timeout_gives_504_or_an_error_event(guarded: ServerProcess) -> None:
+    url = guarded.base_url
+    long = {"max_tokens": 4000, "ignore_eos": True}
+    results: dict[str, Any] = {}
+
+    def plain() -> None:
+        results["plain"] = chat(url, **long)
+
+    thread = threading.Thread(target=plain)
+    started = time.monotonic()
+    thread.start()
+    body = {"model": MODEL, "messages": HELLO, "stream": True} | long
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
+    ) as r:
+        events = sse_data(r.iter_lines())
+    thread.join(60)
+    elapsed = time.monotonic() - started
+    assert TIMEOUT - 1 < elapsed < TIMEOUT + 15
+    assert results["plain"].status_code == 504
+    assert results["plain"].json()["error"]["code"] == "request_timeout"
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "request_timeout"
+    assert any(e["choices"][0]["delta"].get("content") for e in events[1:-2])
+    # Both were aborted in the engine, which is free again.
+    samples = scrape(url)
+    assert value(samples, "llama_serve_engine_requests", model_name=MODEL) == 0
+    assert chat(url).status_code == 200
+
+
+# ------------------------------------------------------------------ headers and logs
+
+
+def test_rate_limit_headers_per_key(guarded: ServerProcess) -> None:
+    first, second = chat(guarded.base_url), chat(guarded.base_url)
+    other = chat(guarded.base_url, headers={"Authorization": f"Bearer {FILE_KEY}"})
+    left = [int(r.headers["x-ratelimit-remaining-requests-day"]) for r in (first, second)]
+    assert left[0] - left[1] == 1
+    assert first.headers["x-ratelimit-limit-requests-day"] == "100000"
+    assert 0 < float(first.headers["x-ratelimit-reset-requests-day"]) <= 86400
+    assert int(other.headers["x-ratelimit-remaining-requests-day"]) > left[1]
+
+
+def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
+    r = chat(guarded.base_url, headers=AUTH | {"x-request-id": "e2e-log-7"}, user="alice-42")
+    assert r.headers["x-request-id"] == "e2e-log-7"
+    line = _log_line(guarded.log_path, "e2e-log-7")
+    assert line["logger"] == "server.access" and line["status"] == 200
+    assert line["model"] == MODEL and line["user"] == "alice-42"
+    assert line["id"] == r.json()["id"] and line["key_id"].startswith("key-")
+    assert line["usage"] == r.json()["usage"]
+    assert set(line["time_info"]) >= {"queue_time", "prompt_time", "total_time"}
+    assert "sea" not in json.dumps(line) and KEY not in guarded.log()  # no prompts, no keys
+    starts = [json.loads(x) for x in guarded.log().splitlines() if x.startswith("{")]
+    ready = next(x for x in starts if x["msg"] == "ready")
+    assert ready["models"][0]["admission_limit"] == SLOTS and ready["seconds"] > 0
+    engine = next(x for x in starts if x["msg"] == "engine ready")
+    assert engine["kv_cache_tokens"] > 0 and engine["tp"] == 1 and engine["pp"] == 1
+
+
+def _log_line(path: Path, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for text in path.read_text(errors="replace").splitlines():
+            if text.startswith("{") and f'"request_id": "{request_id}"' in text:
+                return json.loads(text)
+        time.sleep(0.2)
+    raise AssertionError(f"no access log line for {request_id}")

@@ -1,0 +1,75 @@
+"""SIGTERM drains: /health and new requests turn 503 at once, while a stream and a plain
+request started before the signal finish whole; then the process exits 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.serverproc import ServerProcess, start_server
+from tests.sse import sse_data
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "smollm2-135m"
+TOKENS = 120
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server("--model", MODEL, log_dir=tmp_path_factory.mktemp("drain"))
+    children = psutil.Process(proc.proc.pid).children(recursive=True)
+    yield proc
+    proc.stop(timeout=30)  # the test stopped it already, unless it failed
+    for child in children:  # never leave an engine process behind
+        if child.is_running():
+            child.kill()
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerProcess) -> None:
+    url = f"{server.base_url}/v1/chat/completions"
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count slowly."}],
+        "max_tokens": TOKENS,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
+    plain: dict[str, Any] = {}
+    with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
+        lines = r.iter_lines()
+        head = []
+        while len(sse_data(head)) < 3:  # the role chunk and some content: generating
+            head.append(next(lines))
+        worker = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body)))
+        worker.start()
+        time.sleep(0.5)  # the plain request is in flight too
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        health = httpx.get(f"{server.base_url}/health", timeout=10)
+        late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=10)
+        events = sse_data(head + list(lines))
+    worker.join(120)
+    code = server.proc.wait(60)
+
+    assert health.status_code == 503 and health.json()["error"]["code"] == "draining"
+    assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+    assert events[-1] == "[DONE]"
+    final = events[-2]
+    assert final["choices"][0]["finish_reason"] == "length"
+    assert final["usage"]["completion_tokens"] == TOKENS
+    assert not any("error" in e for e in events[:-1])
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert text
+    assert plain["r"].status_code == 200
+    assert plain["r"].json()["usage"]["completion_tokens"] == TOKENS
+    assert code == 0, server.log()[-3000:]
+    log = server.log()
+    assert '"msg": "draining"' in log and '"msg": "drained"' in log

@@ -1,0 +1,422 @@
+"""Grammar building: request to constraint, what each backend's grammar accepts, compile checks.
+
+No model and no engine: acceptance is checked on the grammars themselves (Python ``re`` on the
+Outlines regex, XGrammar's string matcher, llguidance's matcher over SmolLM2's token ids), and
+every string a call grammar accepts is also checked against the call's JSON Schema with
+``jsonschema``. The compile checks start real worker processes over SmolLM2's vocabulary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from grammars import GrammarCompiler, Shape, build_constraint, schema_validator
+from grammars.encode import encode, outlines_regex
+from server.errors import BadRequestError, SchemaError, UnsupportedError
+from server.protocol import ChatCompletionRequest
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city"],
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "noargs"}},
+]
+PATHOLOGICAL = {"type": "string", "pattern": "[ab]*a[ab]{20}"}
+"""A DFA needs 2**20 states for it: Outlines cannot build its index in bounded time."""
+
+
+def request(**fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], **fields)
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}
+
+
+# ---------------------------------------------------------------- building constraints
+
+
+def test_plain_text_needs_no_constraint() -> None:
+    assert build_constraint(request(), backend="outlines") is None
+    assert build_constraint(request(response_format={"type": "text"}), backend="outlines") is None
+    assert build_constraint(request(tools=TOOLS, tool_choice="none"), backend="xgrammar") is None
+
+
+def test_json_object() -> None:
+    c = build_constraint(request(response_format={"type": "json_object"}), backend="xgrammar")
+    assert c is not None
+    assert (c.kind, c.param, c.schema, c.call_schema) == (
+        "json_object",
+        "response_format",
+        {"type": "object"},
+        None,
+    )
+    assert c.structured_outputs.json_object is True
+    # Outlines' regex is built in the worker, never in the server process.
+    c = build_constraint(request(response_format={"type": "json_object"}), backend="outlines")
+    assert c is not None and c.structured_outputs is None
+
+
+def test_json_schema_keeps_the_schema() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    c = build_constraint(request(response_format=schema_format(schema)), backend="guidance")
+    assert c is not None and (c.kind, c.schema) == ("json_schema", schema)
+    # llguidance takes its whitespace options from the schema it is given.
+    sent = dict(c.structured_outputs.json)
+    assert sent.pop("x-guidance")["whitespace_flexible"] is False
+    assert sent == schema
+    assert c.validate('{"a": 1}') is None
+    assert "'a' is a required property" in (c.validate("{}") or "")
+    assert "not valid JSON" in (c.validate("{'a': 1}") or "")
+    assert "not valid JSON" in (c.validate('{"a": NaN}') or "")
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"type": "nope"}, "not a valid JSON Schema at type"),
+        ({"properties": {"a": {"minLength": -1}}}, "not a valid JSON Schema at properties/a"),
+        ({"$ref": "https://example.com/s.json"}, "outside the schema"),
+        ({"$ref": "#/$defs/missing"}, "reference to nothing"),
+        ({"enum": ["x" * 100] * 700}, "at most 65536 are allowed"),
+        ({"items": json.loads('{"items": ' * 40 + "{}" + "}" * 40)}, "levels deep"),
+    ],
+)
+def test_bad_response_format_schema(schema: dict[str, Any], message: str) -> None:
+    with pytest.raises(SchemaError, match=message) as caught:
+        build_constraint(request(response_format=schema_format(schema)), backend="outlines")
+    assert caught.value.param == "response_format"
+
+
+def test_required_allows_any_tool_and_parallel_calls() -> None:
+    c = build_constraint(request(tools=TOOLS, tool_choice="required"), backend="xgrammar")
+    assert c is not None and (c.kind, c.param, c.parallel_calls) == ("tool_call", "tools", True)
+    assert c.shape.content == "none" and c.schema is None
+    names = [branch["properties"]["name"]["const"] for branch in c.call_schema["anyOf"]]
+    assert names == ["get_weather", "noargs"]
+    no_parallel = request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
+    assert not build_constraint(no_parallel, backend="xgrammar").parallel_calls
+    # Outlines cannot continue after an accepting state (grammars.encode): one call only.
+    c = build_constraint(request(tools=TOOLS, tool_choice="required"), backend="outlines")
+    assert not c.parallel_calls
+
+
+def test_named_choice_allows_that_tool_once() -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    c = build_constraint(request(tools=TOOLS, tool_choice=choice), backend="outlines")
+    assert c is not None and (c.kind, c.parallel_calls) == ("tool_call", False)
+    assert c.call_schema["properties"]["name"] == {"const": "get_weather"}
+
+
+def test_named_choice_must_be_a_tool() -> None:
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    with pytest.raises(BadRequestError, match="get_time") as caught:
+        build_constraint(request(tools=TOOLS, tool_choice=choice), backend="outlines")
+    assert caught.value.param == "tool_choice"
+    with pytest.raises(BadRequestError, match="requires tools") as caught:
+        build_constraint(request(tool_choice="required"), backend="outlines")
+    assert caught.value.param == "tool_choice"
+
+
+def test_invalid_tool_parameters_name_the_tool() -> None:
+    bad = [{"type": "function", "function": {"name": "f", "parameters": {"type": 1}}}]
+    with pytest.raises(SchemaError, match="tool 'f'") as caught:
+        build_constraint(request(tools=bad, tool_choice="auto"), backend="xgrammar")
+    assert caught.value.param == "tools"
+
+
+def test_response_format_conflicts_with_a_forced_call() -> None:
+    with pytest.raises(UnsupportedError, match="tool_choice") as caught:
+        build_constraint(
+            request(tools=TOOLS, tool_choice="required", response_format={"type": "json_object"}),
+            backend="outlines",
+        )
+    assert caught.value.param == "response_format"
+
+
+def test_auto_allows_content_or_calls() -> None:
+    c = build_constraint(request(tools=TOOLS), backend="outlines")
+    assert c is not None and (c.kind, c.shape.content, c.schema) == ("tool_auto", "text", None)
+    assert c.validate("anything at all") is None
+    c = build_constraint(
+        request(tools=TOOLS, response_format={"type": "json_object"}), backend="outlines"
+    )
+    assert c is not None and (c.kind, c.schema) == ("tool_auto", {"type": "object"})
+
+
+def test_tool_references_survive_embedding() -> None:
+    params = {
+        "type": "object",
+        "properties": {"when": {"$ref": "#/definitions/day"}, "next": {"$ref": "#"}},
+        "required": ["when"],
+        "definitions": {"day": {"enum": ["mon", "tue"]}},
+    }
+    tools = [{"type": "function", "function": {"name": "plan", "parameters": params}}]
+    c = build_constraint(request(tools=tools, tool_choice="required"), backend="outlines")
+    validator = schema_validator(c.call_schema)
+    good = {"name": "plan", "parameters": {"when": "mon", "next": {"when": "tue"}}}
+    assert validator.is_valid(good)
+    assert not validator.is_valid({"name": "plan", "parameters": {"when": "sun"}})
+    assert re.fullmatch(outlines_regex(c.shape), '{"name": "plan", "parameters": {"when": "mon"}}')
+
+
+# ---------------------------------------------------------------- what the grammars accept
+
+
+class Matchers:
+    """Whether a backend's grammar accepts a text, as that backend sees it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        import llguidance.hf
+        from vllm.v1.structured_output.utils import get_outlines_vocabulary
+
+        self.tokenizer = tokenizer
+        self.vocabulary = get_outlines_vocabulary(tokenizer).inner
+        self.llg_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+        self.indexes: dict[str, Any] = {}
+
+    def accepts(self, backend: str, shape: Shape, text: str) -> bool:
+        return getattr(self, backend)(shape, text)
+
+    def outlines(self, shape: Shape, text: str) -> bool:
+        """Drive Outlines' own index with the text's token ids, as the engine does."""
+        import outlines_core as oc
+
+        regex = outlines_regex(shape)
+        if regex not in self.indexes:
+            self.indexes[regex] = oc.Index(regex, self.vocabulary)
+        guide = oc.Guide(self.indexes[regex])
+        tokens = self.tokenizer.encode(text, add_special_tokens=False)
+        if not guide.accepts_tokens(tokens):
+            return False
+        for token in tokens:
+            guide.advance(token)
+        return guide.is_finished()
+
+    def xgrammar(self, shape: Shape, text: str) -> bool:
+        import xgrammar as xgr
+        from xgrammar.testing import _is_grammar_accept_string
+
+        tag = encode(shape, "xgrammar").structural_tag
+        return _is_grammar_accept_string(xgr.Grammar.from_structural_tag(tag), text)
+
+    def guidance(self, shape: Shape, text: str) -> bool:
+        import llguidance
+
+        grammar = encode(shape, "guidance").grammar
+        matcher = llguidance.LLMatcher(self.llg_tokenizer, grammar, log_level=0)
+        tokens = self.tokenizer.encode(text, add_special_tokens=False)
+        return matcher.consume_tokens(tokens) and matcher.is_accepting() and not matcher.is_error()
+
+
+@pytest.fixture(scope="module")
+def matchers(smol_tokenizer: Any) -> Matchers:
+    return Matchers(smol_tokenizer)
+
+
+CALL = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+NOARGS = '{"name":"noargs","parameters":{}}'
+TWO_CALLS = f"{CALL}; {NOARGS}"
+ANSWER = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+CASES = {
+    "required": (
+        {"tool_choice": "required"},
+        [CALL, NOARGS, '{"name":"get_weather","parameters":{"city":"Oslo","unit":"c"}}', TWO_CALLS],
+        [
+            "Hello",
+            "",
+            '{"name": "other", "parameters": {}}',
+            '{"name": "noargs"}',
+            '{"name": "get_weather", "parameters": {}}',
+            '{"name": "get_weather", "parameters": {"city": 3}}',
+            '{"name": "noargs", "parameters": {"x": 1}}',
+            '{"name": "noargs", "parameters": {}, "extra": 1}',
+            '{"name":      "noargs", "parameters": {}}',
+            f"{CALL} {CALL}",
+        ],
+    ),
+    "named": (
+        {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        [CALL],
+        [NOARGS, f"{CALL}; {CALL}", "Paris"],
+    ),
+    "sequential": (
+        {"tool_choice": "required", "parallel_tool_calls": False},
+        [CALL, NOARGS],
+        [TWO_CALLS],
+    ),
+    "auto": (
+        {},
+        ["Hello!", " It is sunny.\nMore {braces} later", CALL, TWO_CALLS],
+        [
+            "",
+            "  ",
+            '{"name": "other", "parameters": {}}',
+            "{not json",
+            f" {CALL}",
+            f"{CALL} and text",
+        ],
+    ),
+    "auto_schema": (
+        {"response_format": schema_format(ANSWER)},
+        ['{"answer": 42}', CALL],
+        ["Hello", '{"answer": "42"}', '{"answer": 42,}'],
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["outlines", "xgrammar", "guidance"])
+@pytest.mark.parametrize("case", CASES)
+def test_tool_grammars_accept_exactly_valid_answers(
+    backend: str, case: str, matchers: Matchers
+) -> None:
+    fields, valid, invalid = CASES[case]
+    c = build_constraint(request(tools=TOOLS, **fields), backend=backend)
+    validator = schema_validator(c.call_schema)
+    for text in valid:
+        several = c.shape.separator + "{" in text
+        assert matchers.accepts(backend, c.shape, text) == (c.parallel_calls or not several), text
+        if text.startswith("{") and "name" in text:
+            # Reference check: each accepted call also validates with jsonschema.
+            for call in text.split(c.shape.separator):
+                assert validator.is_valid(json.loads(call)), call
+    for text in invalid:
+        assert not matchers.accepts(backend, c.shape, text), text
+
+
+def test_outlines_masks_characters_split_across_tokens_in_free_text(matchers: Matchers) -> None:
+    """outlines_core 0.2.14's lost edges (grammars.encode): SmolLM2 splits these characters
+    into byte tokens, which free text cannot use under Outlines; the other backends can."""
+    c = build_constraint(request(tools=TOOLS), backend="outlines")
+    assert not matchers.accepts("outlines", c.shape, "日本語です")
+    assert matchers.accepts("outlines", c.shape, "naïve café 🙂")
+    assert matchers.accepts("xgrammar", c.shape, "日本語です")
+
+
+def test_json_object_regex() -> None:
+    c = build_constraint(request(response_format={"type": "json_object"}), backend="outlines")
+    regex = outlines_regex(c.shape)
+    # Two container levels below the top object (JSON_OBJECT_DEPTH).
+    for text in ["{}", '{"a": 1}', '{"a":{"b":{"c":1}}}', '{"a": [{"b": "x", "c": null}, 2.5]}']:
+        assert re.fullmatch(regex, text), text
+        assert c.validate(text) is None
+    for text in ["[1]", '"a"', '{"a": 1,}', '{"a":  1}', '{"a":{"b":{"c":[1]}}}', "{} "]:
+        assert not re.fullmatch(regex, text), text
+
+
+# ---------------------------------------------------------------- compile checks
+
+
+@pytest.fixture(scope="module")
+def outlines_compiler(smol_tokenizer: Any) -> Any:
+    compiler = GrammarCompiler(smol_tokenizer, backend="outlines", timeout=3.0, warmup=False)
+    asyncio.run(compiler.start())
+    yield compiler
+    compiler.close()
+
+
+def test_pathological_schema_times_out_and_the_compiler_recovers(outlines_compiler: Any) -> None:
+    async def scenario() -> None:
+        bad = build_constraint(
+            request(response_format=schema_format(PATHOLOGICAL)), backend="outlines"
+        )
+        started = time.perf_counter()
+        with pytest.raises(SchemaError, match="too complex to compile within 3 s") as caught:
+            await outlines_compiler.check(bad)
+        assert caught.value.param == "response_format"
+        assert time.perf_counter() - started < 3.0 + 2.0
+        restarts = outlines_compiler.restarts
+        assert restarts >= 1
+        # The same schema again: the cached verdict, at once, without another restart.
+        started = time.perf_counter()
+        with pytest.raises(SchemaError):
+            await outlines_compiler.check(bad)
+        assert time.perf_counter() - started < 0.05
+        assert outlines_compiler.restarts == restarts
+        # The compiler still works.
+        good = build_constraint(request(tools=TOOLS, tool_choice="required"), backend="outlines")
+        checked = await outlines_compiler.check(good)
+        assert checked.structured_outputs.regex == outlines_regex(good.shape)
+
+    asyncio.run(scenario())
+
+
+def test_waiting_does_not_block_the_event_loop(outlines_compiler: Any) -> None:
+    async def scenario() -> None:
+        slow = {"type": "string", "pattern": "[ab]*b[ab]{21}"}
+        constraint = build_constraint(
+            request(response_format=schema_format(slow)), backend="outlines"
+        )
+        misses = outlines_compiler.misses
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        results = await asyncio.gather(
+            *(outlines_compiler.check(constraint) for _ in range(3)), return_exceptions=True
+        )
+        ticker.cancel()
+        assert all(isinstance(r, SchemaError) for r in results)
+        assert outlines_compiler.misses == misses + 1  # identical schemas share one compile
+        assert ticks >= 20  # the loop ran throughout the 3 s compile
+
+    asyncio.run(scenario())
+
+
+def test_a_crashed_worker_is_replaced(outlines_compiler: Any) -> None:
+    async def scenario() -> None:
+        slow = {"type": "string", "pattern": "[ab]*a[ab]{22}"}
+        constraint = build_constraint(
+            request(response_format=schema_format(slow)), backend="outlines"
+        )
+        await outlines_compiler.start()  # the worker a previous test restarted is ready
+        pid = outlines_compiler._worker._process.pid
+        check = asyncio.ensure_future(outlines_compiler.check(constraint))
+        await asyncio.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(SchemaError, match="ran out of memory"):
+            await check
+        ok = build_constraint(request(response_format=schema_format(ANSWER)), backend="outlines")
+        assert (await outlines_compiler.check(ok)).structured_outputs.regex
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "guidance"])
+def test_other_backends_check_with_their_compilers(backend: str, smol_tokenizer: Any) -> None:
+    async def scenario() -> None:
+        async with GrammarCompiler(smol_tokenizer, backend=backend, timeout=10.0) as compiler:
+            for fields in [
+                {"tools": TOOLS},
+                {"tools": TOOLS, "tool_choice": "required"},
+                {"response_format": schema_format(WEATHER)},
+            ]:
+                c = await compiler.check(build_constraint(request(**fields), backend=backend))
+                assert c.structured_outputs is not None
+            backref = schema_format({"type": "string", "pattern": "(a)\\1"})
+            with pytest.raises(SchemaError, match=f"cannot be enforced by the {backend}"):
+                await compiler.check(
+                    build_constraint(request(response_format=backref), backend=backend)
+                )
+            started = time.perf_counter()
+            await compiler.check(build_constraint(request(tools=TOOLS), backend=backend))
+            assert time.perf_counter() - started < 0.01  # a cache hit
+            assert compiler.hits >= 1
+
+    asyncio.run(scenario())

@@ -1,0 +1,74 @@
+"""The OpenAPI document describes the real bodies: errors, the event stream, health (no engine)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import pytest
+
+from server.app import create_app
+from server.errors import BadRequestError, ContentTooLargeError, FailedGenerationError
+from server.limits import HeadersTooLargeError
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    return create_app(lambda: None).openapi()
+
+
+def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the document's components reachable, for jsonschema."""
+    return {**schema, "components": doc["components"]}
+
+
+def test_every_operation_documents_its_errors(doc: dict[str, Any]) -> None:
+    chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "404", "413", "429", "431", "500", "503"} <= set(chat)
+    assert "422" not in chat
+    assert "404" in doc["paths"]["/v1/models/{model_id}"]["get"]["responses"]
+    assert "503" in doc["paths"]["/health"]["get"]["responses"]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        BadRequestError("bad", param="temperature"),
+        ContentTooLargeError("big"),
+        HeadersTooLargeError("big"),
+        FailedGenerationError("not json", failed_generation="{", param="response_format"),
+    ],
+)
+def test_error_envelope_schema_accepts_real_errors(doc: dict[str, Any], error: Any) -> None:
+    schema = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["400"]["content"]
+    ref = schema["application/json"]["schema"]
+    jsonschema.validate(error.body(), _resolve(doc, ref))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"detail": "FastAPI's shape"}, _resolve(doc, ref))
+
+
+def test_stream_is_documented_as_event_stream(doc: dict[str, Any]) -> None:
+    ok = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+    assert set(ok) == {"application/json", "text/event-stream"}
+    assert "ChatCompletionChunk" in doc["components"]["schemas"]
+
+
+def test_health_body_is_documented(doc: dict[str, Any]) -> None:
+    ok = doc["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]
+    jsonschema.validate({"status": "ok", "models": ["m"]}, _resolve(doc, ok["schema"]))
+
+
+def test_ignored_fields_are_documented(doc: dict[str, Any]) -> None:
+    request = doc["components"]["schemas"]["ChatCompletionRequest"]
+    assert request["properties"]["store"]["deprecated"] is True
+    assert request.get("additionalProperties") is False
+
+
+def test_schemathesis_loads_the_document(doc: dict[str, Any]) -> None:
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(doc)
+    schema.validate()
+    operations = {f"{r.ok().method.upper()} {r.ok().path}" for r in schema.get_all_operations()}
+    assert "POST /v1/chat/completions" in operations
