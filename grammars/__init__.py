@@ -1,14 +1,14 @@
 """Request to constraint: what the engine must enforce, proven to compile in bounded time.
 
-Use from the service::
+Use from the service (one :class:`GrammarCompiler` per model, started with the server)::
 
     constraint = build_constraint(request, backend="xgrammar", tool_call_format=LLAMA3_JSON)
     if constraint is not None:
-        constraint = await compiler.check(constraint)  # SchemaError (400) if it cannot be built
+        await compiler.check(constraint)  # sets constraint.structured_outputs, or SchemaError
         params.structured_outputs = constraint.structured_outputs
 
-then validate the output against ``constraint.schema`` / ``constraint.call_schema`` with
-:func:`schema_validator`.
+then check the content with ``constraint.validate(text)`` (None when valid) and each tool call
+against ``constraint.call_schema`` with :func:`schema_validator`.
 """
 
 from grammars.compiler import GrammarCompiler

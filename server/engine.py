@@ -47,7 +47,7 @@ def engine_args(
         "pipeline_parallel_size": config.pipeline_parallel_size,
         "max_num_seqs": config.max_num_seqs,
         "enforce_eager": config.enforce_eager,
-        "structured_outputs_config": {"backend": structured_backend},
+        "structured_outputs_config": _structured_outputs_config(structured_backend),
         # Sampling defaults are ours (sampling.DEFAULTS), never the checkpoint's.
         "generation_config": "vllm",
         # Stats on: per-request timestamps feed time_info and the Prometheus metrics.
@@ -67,6 +67,15 @@ def engine_args(
         # that share is not free; an explicit size fits the server beside its tests.
         args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
     return args
+
+
+def _structured_outputs_config(backend: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"backend": backend}
+    if backend == "xgrammar":
+        # vLLM 0.32 ignores the per-request flag; without this, xgrammar's JSON allows
+        # unbounded whitespace and a constrained model can pad until max_tokens.
+        config["disable_any_whitespace"] = True
+    return config
 
 
 @dataclass(frozen=True, slots=True)

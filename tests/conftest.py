@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+# --soak-requests and the other sizes of the reliability tests:
+from tests.reliability_options import pytest_addoption, pytest_configure  # noqa: F401
 from tests.serverproc import ServerProcess, start_server
 
 
@@ -22,7 +24,9 @@ def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from _server(tmp_path_factory, "--model", "llama3.1-tiny")
+    # Outlines needs seconds per schema on Llama's 128k vocabulary, more on a loaded 2-core
+    # machine; the compile bound itself is tested on smollm2-135m.
+    yield from _server(tmp_path_factory, "--model", "llama3.1-tiny", "--grammar-timeout", "60")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ operation and mode (default 40); generation is derandomized, the same cases ever
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import httpx
@@ -26,11 +25,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.reliability_options import size
 from tests.stats import record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+EXAMPLES = size("fuzz-examples")
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -1,0 +1,190 @@
+"""A small load driver for the reliability tests: mixed requests at a fixed concurrency, each
+answer classified, plus the server's memory and engine counts.
+
+Kinds of request (all short, so that hundreds fit in a CI run on two CPU cores):
+
+- ``plain``: a non-streamed answer;
+- ``stream``: the same streamed, read to ``[DONE]``;
+- ``json``: JSON mode (``response_format: json_object``), non-streamed (streaming JSON mode is
+  refused by design);
+- ``tools``: ``tool_choice: "required"`` with one tool, non-streamed.
+
+Each answer is ``ok`` (right shape), ``refused`` (a 4xx in the envelope, e.g. JSON mode cut off
+by max_tokens: Cerebras's ``json_validate_failed``), ``error`` (a 5xx, or a 200 of the wrong
+shape) or ``lost`` (no answer: connection error or timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psutil
+
+__all__ = [
+    "KINDS",
+    "Outcome",
+    "Tally",
+    "engine_requests",
+    "rss_mib",
+    "run_mix",
+    "wait_idle",
+]
+
+MODEL = "smollm2-135m"
+ASK = [{"role": "user", "content": "Name one colour."}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+KINDS: dict[str, dict[str, Any]] = {
+    "plain": {"messages": ASK, "max_tokens": 12},
+    "stream": {"messages": ASK, "max_tokens": 12, "stream": True},
+    "json": {
+        "messages": [{"role": "user", "content": "Give a JSON object with a key colour."}],
+        "max_tokens": 96,
+        "response_format": {"type": "json_object"},
+    },
+    "tools": {
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "max_tokens": 48,
+        "tools": [WEATHER],
+        "tool_choice": "required",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: str
+    verdict: str
+    """ok, refused, error or lost."""
+    status: int | None
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Tally:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, verdict: str, kind: str | None = None) -> int:
+        return sum(o.verdict == verdict and kind in (None, o.kind) for o in self.outcomes)
+
+    def table(self) -> str:
+        """One line per kind: ok/refused/error/lost and the median latency."""
+        lines = []
+        for kind in sorted({o.kind for o in self.outcomes}):
+            mine = [o for o in self.outcomes if o.kind == kind]
+            verdicts = Counter(o.verdict for o in mine)
+            median = sorted(o.seconds for o in mine)[len(mine) // 2]
+            shown = ", ".join(f"{v} {verdicts[v]}" for v in ("ok", "refused", "error", "lost"))
+            lines.append(f"{kind:7s} {len(mine):5d} sent: {shown}; median {median:.2f} s")
+        return "\n".join(lines)
+
+    def examples(self, verdict: str, limit: int = 3) -> list[str]:
+        return [f"{o.kind} {o.status}: {o.detail}" for o in self.outcomes if o.verdict == verdict][
+            :limit
+        ]
+
+
+def _judge(kind: str, status: int, payload: bytes) -> tuple[str, str]:
+    """(verdict, detail) for a complete answer."""
+    text = payload.decode(errors="replace")
+    if status >= 500:
+        return "error", text[:300]
+    if status >= 400:
+        body = json.loads(payload)
+        return ("refused", body["error"].get("code") or "") if "error" in body else ("error", text)
+    if kind == "stream":
+        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        if not events or events[-1] != "[DONE]" or any('"error"' in e for e in events):
+            return "error", text[-300:]
+        return "ok", ""
+    choice = json.loads(payload)["choices"][0]
+    if kind == "json":
+        try:
+            json.loads(choice["message"]["content"])
+        except (TypeError, ValueError):
+            return "error", f"not JSON: {choice['message']['content']!r}"[:300]
+    called = choice["message"]["tool_calls"] or choice["finish_reason"] == "length"
+    if kind == "tools" and not called:
+        return "error", f"no tool call: {choice['message']['content']!r}"[:300]
+    return "ok", ""
+
+
+async def _one(client: httpx.AsyncClient, kind: str, timeout: float) -> Outcome:
+    started = time.monotonic()
+    body = {"model": MODEL, **KINDS[kind]}
+    try:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=body, timeout=timeout
+        ) as response:
+            payload = await response.aread()
+        verdict, detail = _judge(kind, response.status_code, payload)
+        return Outcome(kind, verdict, response.status_code, time.monotonic() - started, detail)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        return Outcome(kind, "lost", None, time.monotonic() - started, repr(exc)[:300])
+
+
+async def run_mix(url: str, kinds: list[str], *, concurrency: int, timeout: float = 120) -> Tally:
+    """Send one request per entry of ``kinds``, ``concurrency`` at a time."""
+    tally = Tally()
+    queue = list(reversed(kinds))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            tally.outcomes.append(await _one(client, queue.pop(), timeout))
+
+    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return tally
+
+
+def engine_requests(url: str, model: str = MODEL) -> int:
+    """Requests the engine holds (running or waiting), from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    pattern = rf'^llama_serve_engine_requests\{{model_name="{re.escape(model)}"\}} (\S+)$'
+    match = re.search(pattern, text, re.M)
+    if match is None:
+        raise AssertionError(f"no llama_serve_engine_requests for {model} in /metrics")
+    return int(float(match.group(1)))
+
+
+def wait_idle(url: str, timeout: float) -> float:
+    """Seconds until the engine holds no request; raises if it still does after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if engine_requests(url) == 0:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"engine still holds {engine_requests(url)} requests after {timeout} s")
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(the server process's RSS, with its children's: engine core and workers), in MiB."""
+    process = psutil.Process(pid)
+    own = process.memory_info().rss
+    total = own
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return own / 2**20, total / 2**20
