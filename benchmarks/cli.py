@@ -20,12 +20,13 @@ from benchmarks.servers import OURS_CMD, THEIRS_CMD
 __all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
-  python -m benchmarks run --base-url http://127.0.0.1:8000/v1 --tokenizer ~/.cache/llama-serve/models/smollm2-135m \\
+  python -m benchmarks run --base-url http://127.0.0.1:8000/v1 --tokenizer $MODEL_DIR \\
       --input-len 128 --output-len 64 --concurrency 1,8,32 --num-requests 100 \\
       --slo ttft=2000 --slo tpot=200 --out results/sweep
   python -m benchmarks run --tokenizer DIR --rate 0.5,1,2 --duration 60 --scenario json
-  python -m benchmarks compare --start --model smollm2-135m --model-dir ~/.cache/llama-serve/models/smollm2-135m \\
+  python -m benchmarks compare --start --model smollm2-135m --model-dir $MODEL_DIR \\
       --concurrency 4,16 --num-requests 32 --rounds 3
+MODEL_DIR is the model's folder, e.g. ~/.cache/llama-serve/models/smollm2-135m.
 """
 
 

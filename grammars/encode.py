@@ -116,7 +116,43 @@ def outlines_regex(shape: Shape) -> str:
 
 
 def _schema_regex(schema: dict[str, Any] | None) -> str:
+    ignored = sorted(_unenforced(schema))
+    if ignored:
+        # outlines_core drops these silently: the output could break them and would then be a
+        # failed_generation. Refusing up front keeps "compiles" meaning "is enforced".
+        raise ValueError(f"outlines does not enforce {', '.join(map(repr, ignored))}")
     return build_regex_from_schema(json.dumps(schema), whitespace_pattern=WHITESPACE)
+
+
+OUTLINES_UNENFORCED = frozenset(
+    {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+     "contains", "not", "patternProperties", "propertyNames", "maxProperties", "dependencies",
+     "dependentRequired", "dependentSchemas", "if"}
+)  # fmt: skip
+"""Restricting keywords that outlines_core 0.2.14 accepts and ignores (checked by building the
+regex with and without each). Keywords it ignores that only loosen a schema are harmless."""
+
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SCHEMA_ONE = ("items", "additionalProperties", "additionalItems")
+_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
+
+
+def _unenforced(schema: Any) -> set[str]:
+    """The restricting keywords outlines ignores, anywhere a subschema can stand."""
+    if not isinstance(schema, dict):
+        return set()
+    found = set(OUTLINES_UNENFORCED.intersection(schema))
+    subschemas: list[Any] = []
+    for key in _SCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            subschemas += schema[key].values()
+    subschemas += [schema[k] for k in _SCHEMA_ONE if isinstance(schema.get(k), dict)]
+    for key in _SCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            subschemas += schema[key]
+    for sub in subschemas:
+        found |= _unenforced(sub)
+    return found
 
 
 # ---------------------------------------------------------------- xgrammar

@@ -20,7 +20,7 @@ PERSON = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "maxLength": 30},
-        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "age": {"enum": [18, 30, 45, 60, 75]},
         "languages": {"type": "array", "items": {"type": "string", "maxLength": 15},
                       "maxItems": 3},
     },
@@ -154,3 +154,15 @@ def test_pathological_schema_is_400_fast_and_others_still_served(smol: openai.Op
     assert err.value.body["param"] == "response_format"
     assert elapsed < 60, f"took {elapsed:.0f} s"
     assert plain.get("content") is not None
+
+
+def test_schema_feature_the_backend_cannot_enforce_is_400(smol: openai.OpenAI) -> None:
+    # outlines_core would silently drop "minimum": refused rather than half-enforced.
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 5}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        smol.chat.completions.create(
+            model=SMOL, messages=ask("x"), max_tokens=20,
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        )  # fmt: skip
+    assert err.value.body["param"] == "response_format"
+    assert "minimum" in err.value.body["message"]

@@ -420,3 +420,14 @@ def test_other_backends_check_with_their_compilers(backend: str, smol_tokenizer:
             assert compiler.hits >= 1
 
     asyncio.run(scenario())
+
+
+def test_outlines_refuses_restricting_keywords_it_would_ignore() -> None:
+    from grammars.encode import _schema_regex
+
+    with pytest.raises(ValueError, match="minimum"):
+        _schema_regex({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}})
+    with pytest.raises(ValueError, match="uniqueItems"):
+        _schema_regex({"anyOf": [{"type": "array", "uniqueItems": True}, {"type": "null"}]})
+    # A property merely named like a keyword is no keyword.
+    assert _schema_regex({"type": "object", "properties": {"minimum": {"type": "integer"}}})

@@ -21,6 +21,8 @@ import pytest
 from server.chat_formats import ChatFormat, encode_segments, get_chat_format
 from server.protocol import ChatCompletionRequest, ChatMessage, Tool
 
+pytestmark = pytest.mark.reliability
+
 Build = Callable[[str], tuple[list[ChatMessage], list[Tool] | None]]
 
 

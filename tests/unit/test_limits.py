@@ -12,6 +12,8 @@ import pytest
 
 from server.limits import RequestLimits, json_problem
 
+pytestmark = pytest.mark.reliability
+
 LIMITS = {"max_request_bytes": 1000, "max_header_bytes": 2000, "max_json_depth": 8}
 
 

@@ -11,6 +11,8 @@ from server.app import create_app
 from server.errors import BadRequestError, ContentTooLargeError, FailedGenerationError
 from server.limits import HeadersTooLargeError
 
+pytestmark = pytest.mark.reliability
+
 
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
