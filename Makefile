@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup serve test unit e2e lint format bench clean
+.PHONY: setup serve test unit e2e lint format bench reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ lint: setup
 format: setup
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+reliability: setup  ## hostile inputs, fuzzing, soak and faults, then one table (ARGS=--full)
+	$(PY) -m tests.reliability $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(ARGS)

@@ -39,8 +39,8 @@ def to_sampling_params(
 ) -> SamplingParams:
     """The engine parameters for ``request``; ``max_tokens`` is already fitted to the context.
 
-    Greedy decoding is the explicit state ``temperature == 0``: vLLM then ignores top_p, top_k
-    and the seed, so they are left as sent rather than rewritten.
+    Greedy decoding is the explicit state ``temperature == 0``; the request is never rewritten
+    to get it (vLLM itself then resets top_p, top_k and min_p, which greedy ignores).
     """
     fields = {key: _get(request, key, default) for key, default in DEFAULTS.items()}
     top_logprobs = request.top_logprobs or 0

@@ -9,6 +9,8 @@ no engine work, and the answer is the usual ``{"error": {...}}`` envelope:
 - a body larger than ``max_request_bytes`` -> 413 ``request_too_large``, decided from
   ``Content-Length`` before reading, or while reading a chunked body. The rest of the body is
   read and thrown away (up to a bound) so the client reads the 413 instead of a reset;
+- a body that takes longer than ``body_timeout`` to arrive (a client trickling bytes to hold
+  a connection) -> 408 ``body_timeout``;
 - JSON nested deeper than ``max_json_depth`` -> 400 ``json_too_deep``: Python's parser raises
   ``RecursionError`` near 1,000 levels, and the tool prompt and schema code recurse too;
 - ``NaN`` and ``Infinity`` outside strings -> 400 ``invalid_json``: Python accepts them, JSON
@@ -19,6 +21,7 @@ The JSON checks (``server.jsonscan``) scan the raw bytes at C speed: millisecond
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -26,9 +29,10 @@ from starlette.responses import JSONResponse
 
 from server.errors import APIError, BadRequestError, ContentTooLargeError
 from server.jsonscan import has_nonfinite, json_depth
+from server.metrics import count_rejected, rejection_reason
 from server.settings import Settings
 
-__all__ = ["HeadersTooLargeError", "RequestLimits", "json_problem"]
+__all__ = ["BodyTimeoutError", "HeadersTooLargeError", "RequestLimits", "json_problem"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,9 +45,13 @@ DRAIN_FACTOR = 4
 beyond that the connection is closed without reading on."""
 
 
-class HeadersTooLargeError(APIError):
+class BodyTimeoutError(BadRequestError):
+    status = 408
+    default_code = "body_timeout"
+
+
+class HeadersTooLargeError(ContentTooLargeError):
     status = 431
-    type = "invalid_request_error"
     default_code = "headers_too_large"
 
 
@@ -78,6 +86,7 @@ class RequestLimits:
         max_request_bytes: int | None = None,
         max_header_bytes: int | None = None,
         max_json_depth: int | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         if settings is None:
             settings = Settings()
@@ -85,6 +94,7 @@ class RequestLimits:
         self.max_request_bytes = max_request_bytes or settings.max_request_bytes
         self.max_header_bytes = max_header_bytes or settings.max_header_bytes
         self.max_json_depth = max_json_depth or settings.max_json_depth
+        self.body_timeout = body_timeout or settings.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,11 +110,20 @@ class RequestLimits:
             await _reply(error, scope, receive, send)
             return
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_request_bytes:
-            await self._drain(receive, 0)
-            await _reply(self._too_large(declared), scope, receive, send)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                if declared is not None and declared > self.max_request_bytes:
+                    await self._drain(receive, 0)
+                    await _reply(self._too_large(declared), scope, receive, send)
+                    return
+                body, size, complete = await self._read(receive)
+        except TimeoutError:
+            error = BodyTimeoutError(
+                f"The request body did not arrive within {self.body_timeout:g} s.",
+                headers={"connection": "close"},
+            )
+            await _reply(error, scope, receive, send)
             return
-        body, size, complete = await self._read(receive)
         if not complete:
             if size > self.max_request_bytes:
                 await _reply(self._too_large(size, more=True), scope, receive, send)
@@ -189,5 +208,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _reply(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    reason = rejection_reason(error)
+    if reason is not None:
+        count_rejected(reason)  # llama_serve_rejected_requests_total, as for the app's errors
     response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
     await response(scope, receive, send)

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     """Largest total size of the request headers in bytes (default 64 KiB); more gets 431."""
     max_json_depth: int = Field(default=64, ge=8, le=512)
     """Deepest nesting of arrays and objects in a JSON body; deeper gets 400."""
+    body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a client may take to send the request body; slower gets 408."""
 
     @field_validator("model", "api_key", mode="before")
     @classmethod

@@ -86,6 +86,27 @@ def test_chunked_body_over_limit_is_413() -> None:
     assert received <= 4 * 1000 // 300 + 2
 
 
+def test_body_that_never_finishes_is_408() -> None:
+    """A client trickling its body to hold the connection gets 408 after body_timeout."""
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    app = RequestLimits(echo, **LIMITS, body_timeout=0.3)
+    started = time.perf_counter()
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["error"]["code"] == "body_timeout"
+    assert time.perf_counter() - started < 2
+
+
 def test_headers_over_limit_are_431() -> None:
     r = post(b"{}", **{"x-big": "a" * 3000})
     assert r.status_code == 431
@@ -132,3 +153,21 @@ def test_scanning_four_mebibytes_is_fast() -> None:
         started = time.perf_counter()
         assert (json_problem(body, 64) is not None) is problem
         assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ("[]", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('"[[[["', 0),
+        ('["\\"]]]]", [[]]]', 3),
+        ("[" * 500 + "]" * 500, 500),
+    ],
+)
+def test_json_depth(text: str, depth: int) -> None:
+    from server.jsonscan import json_depth
+
+    assert json_depth(text) == depth
+    assert json_depth(text.encode()) == depth

@@ -1,0 +1,98 @@
+"""Request validation: shapes, ranges, defaults; and the 400 envelope naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from server.app import validation_to_api_error
+from server.protocol import ChatCompletionRequest
+
+BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def error_for(**fields: Any) -> dict[str, Any]:
+    with pytest.raises(ValidationError) as err:
+        ChatCompletionRequest(**(BASE | fields))
+    errors = [e | {"loc": ("body", *e["loc"])} for e in err.value.errors()]
+    return validation_to_api_error(errors).body()["error"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"temperature": 1.6}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.1}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"n": 9}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"stop": ["1", "2", "3", "4", "5"]}, "stop"),
+        ({"stop": "x" * 257}, "stop"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"1": -101}}, "logit_bias.1"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0]"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": "x",
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "{}"},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "messages[0]",
+        ),
+        ({"seed": 2**64}, "seed"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_bad_fields_name_the_parameter(fields: dict[str, Any], param: str) -> None:
+    error = error_for(**fields)
+    assert error["param"] == param, error
+    assert error["type"] == "invalid_request_error"
+
+
+def test_unknown_field_message() -> None:
+    assert error_for(bogus=1)["message"] == "Unrecognized request argument supplied: bogus"
+
+
+def test_ignored_openai_fields_are_dropped() -> None:
+    request = ChatCompletionRequest(**BASE, store=True, metadata={"a": 1}, service_tier="auto")
+    assert "store" not in request.model_dump()
+
+
+def test_content_parts_join_as_text() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": parts}])
+    assert request.messages[0].text == "ab"
+
+
+def test_tool_choice_defaults_follow_openai() -> None:
+    assert ChatCompletionRequest(**BASE).effective_tool_choice == "none"
+    tool = {"type": "function", "function": {"name": "f"}}
+    assert ChatCompletionRequest(**BASE, tools=[tool]).effective_tool_choice == "auto"
+
+
+def test_max_completion_tokens_wins() -> None:
+    request = ChatCompletionRequest(**BASE, max_tokens=5, max_completion_tokens=9)
+    assert request.completion_limit == 9
