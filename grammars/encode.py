@@ -132,6 +132,7 @@ OUTLINES_UNENFORCED = frozenset(
 """Restricting keywords that outlines_core 0.2.14 accepts and ignores (checked by building the
 regex with and without each). Keywords it ignores that only loosen a schema are harmless."""
 
+_OBJECT_KEYWORDS = frozenset({"properties", "additionalProperties", "required", "minProperties"})
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SCHEMA_ONE = ("items", "additionalProperties", "additionalItems")
 _SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
@@ -142,6 +143,11 @@ def _unenforced(schema: Any) -> set[str]:
     if not isinstance(schema, dict):
         return set()
     found = set(OUTLINES_UNENFORCED.intersection(schema))
+    types = schema.get("type")
+    types = {types} if isinstance(types, str) else set(types or [])
+    if types and "object" not in types and _OBJECT_KEYWORDS.intersection(schema):
+        # outlines_core builds an object for these keywords whatever "type" says.
+        found.add(f"type {'/'.join(sorted(types))} beside object keywords")
     subschemas: list[Any] = []
     for key in _SCHEMA_MAPS:
         if isinstance(schema.get(key), dict):

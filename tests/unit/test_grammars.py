@@ -429,5 +429,8 @@ def test_outlines_refuses_restricting_keywords_it_would_ignore() -> None:
         _schema_regex({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}})
     with pytest.raises(ValueError, match="uniqueItems"):
         _schema_regex({"anyOf": [{"type": "array", "uniqueItems": True}, {"type": "null"}]})
+    # Github_easy o45160: outlines_core would build an object for an array schema.
+    with pytest.raises(ValueError, match="type array beside object keywords"):
+        _schema_regex({"type": "array", "properties": {}, "additionalProperties": False})
     # A property merely named like a keyword is no keyword.
     assert _schema_regex({"type": "object", "properties": {"minimum": {"type": "integer"}}})
