@@ -57,6 +57,7 @@ _WHY = {
     401: "Missing or wrong API key (when keys are configured).",
     404: "Unknown model or path.",
     405: "Method not allowed on this path.",
+    408: "The request body did not arrive within the configured time.",
     413: "Request body larger than the configured limit.",
     429: "Too many requests waiting, or a rate limit reached; see Retry-After.",
     431: "Request headers larger than the configured limit.",
@@ -64,7 +65,7 @@ _WHY = {
     503: "The engine stopped, or the server is shutting down.",
     504: "The request took longer than the configured timeout.",
 }
-_COMMON = (401, 405, 431, 500, 503)
+_COMMON = (401, 405, 408, 431, 500, 503)
 _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/v1/chat/completions", "post"): (400, 404, 413, 429, 504, *_COMMON),
     ("/v1/models", "get"): _COMMON,

@@ -118,7 +118,7 @@ def _call_objects(text: str) -> list[Any]:
     if s.startswith("["):
         try:
             values = _DECODER.decode(s)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deeply nested model output is no call
             raise _NotACall from exc
         if not isinstance(values, list) or not values:
             raise _NotACall
@@ -127,7 +127,7 @@ def _call_objects(text: str) -> list[Any]:
     while pos < len(s):
         try:
             value, pos = _DECODER.raw_decode(s, pos)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _NotACall from exc
         values.append(value)
         pos = _skip_separator(s, pos)
@@ -162,7 +162,7 @@ def _to_call(obj: Any, known: dict[str, Tool]) -> ToolCall:
         # Some answers carry the arguments as a JSON string, as OpenAI's wire format does.
         try:
             args = _DECODER.decode(args)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _NotACall from exc
     if not isinstance(args, dict):
         raise _NotACall

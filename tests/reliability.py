@@ -56,6 +56,8 @@ def part_of(nodeid: str) -> str:
 class Row:
     tests: int = 0
     passed: int = 0
+    gaps: int = 0
+    """Known gaps: tests marked xfail (strict) that fail as expected."""
     counts: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
@@ -89,7 +91,8 @@ def build_rows(outcomes: dict[str, str], stats: list[dict[str, Any]]) -> dict[st
     for nodeid, outcome in outcomes.items():
         row = rows[part_of(nodeid)]
         row.tests += 1
-        row.passed += outcome in ("passed", "xfailed")
+        row.passed += outcome == "passed"
+        row.gaps += outcome == "xfailed"
         if part_of(nodeid) == "faults" and any(n in nodeid for n in FAULT_NAMES):
             row.counts["faults_injected"] += 1
             row.counts["faults_survived"] += outcome == "passed"
@@ -103,7 +106,7 @@ def build_rows(outcomes: dict[str, str], stats: list[dict[str, Any]]) -> dict[st
 
 
 def render(rows: dict[str, Row], seconds: float) -> str:
-    columns = ["part", "tests", "passed", "cases", "sent", "served", "lost",
+    columns = ["part", "tests", "passed", "known gaps", "cases", "sent", "served", "lost",
                "faults", "survived"]  # fmt: skip
     lines = [columns]
     total = Row()
@@ -112,6 +115,7 @@ def render(rows: dict[str, Row], seconds: float) -> str:
         row = rows[part]
         total.tests += row.tests
         total.passed += row.passed
+        total.gaps += row.gaps
         for key, value in row.counts.items():
             total.counts[key] += value
         lines.append(_cells(part, row))
@@ -143,6 +147,7 @@ def _cells(part: str, row: Row) -> list[str]:
         part,
         str(row.tests),
         str(row.passed),
+        str(row.gaps),
         cases,
         n("requests_sent"),
         n("requests_served"),
@@ -150,6 +155,30 @@ def _cells(part: str, row: Row) -> list[str]:
         n("faults_injected"),
         n("faults_survived"),
     ]
+
+
+STANDARD = {"cases", "requests_sent", "requests_served", "requests_lost", "faults_injected",
+            "faults_survived"}  # fmt: skip
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def details(stats: list[dict[str, Any]], outcomes: dict[str, str]) -> str:
+    """The other numbers the tests measured (memory, latencies, outcomes by kind), summed
+    per test, then the tests that did not pass."""
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for line in stats:
+        for key, value in line.items():
+            if key not in STANDARD and key != "test" and not key.startswith("status_"):
+                sums[str(line["test"])][key] += value
+    lines = [
+        f"- {test}: " + ", ".join(f"{k} {_number(v)}" for k, v in sorted(values.items()))
+        for test, values in sums.items()
+    ]
+    lines += [f"- {result}: {nodeid}" for nodeid, result in outcomes.items() if result != "passed"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         *passthrough,
     ]  # fmt: skip
     code = pytest.main(pytest_args, plugins=[collector])
-    rows = build_rows(collector.outcomes, read(stats_file))
+    stats = read(stats_file)
     stats_file.unlink(missing_ok=True)
+    rows = build_rows(collector.outcomes, stats)
     print("\n" + render(rows, time.monotonic() - started))
+    print("\n" + details(stats, collector.outcomes))
     return int(code)
 
 

@@ -75,7 +75,12 @@ def test_soak_mixed_requests(smol_server: ServerProcess) -> None:
         requests_lost=lost,
         server_errors=errors,
         rss_growth_mib=round(growth, 1),
+        rss_after_mib=round(own_after),
         seconds=round(seconds, 1),
+        json_valid=tally.count("ok", "json"),
+        json_cut_off=tally.count("refused", "json"),
+        tool_calls=tally.count("ok", "tools"),
+        streams_complete=tally.count("ok", "stream"),
     )
     assert lost == 0, tally.examples("lost")
     assert errors == 0, tally.examples("error")
@@ -139,6 +144,9 @@ def test_disconnect_storm_leaves_the_engine_idle(smol_url: str) -> None:
         faults_survived=clients if after < 3 * before + 1 else 0,
         requests_sent=6,  # the probes; the storm's own requests are the faults
         requests_served=6,
+        idle_after_s=round(settle, 1),
+        probe_before_s=round(before, 2),
+        probe_after_s=round(after, 2),
     )
     assert dropped_streaming + dropped_waiting == clients
     assert after < 3 * before + 1, (before, after)
@@ -232,6 +240,11 @@ def test_slow_reader_neither_stalls_others_nor_grows_memory(smol_server: ServerP
         faults_survived=int(idle and fast and growth < 64),
         requests_sent=len(times),  # the probes beside the slow reader
         requests_served=len(times),
+        dropped_after_s=round(freed_after),
+        probe_median_s=round(typical, 2),
+        probe_median_control_s=round(control, 2),
+        rss_growth_mib=round(growth, 1),
+        kernel_buffered_bytes=drained,
     )
     assert idle, "the server still holds the slow reader's request"
     assert fast, (control, typical, worst)

@@ -81,8 +81,8 @@ def cheapen(body: Any) -> None:
         value = body.get(key)
         if _whole(value) and 1 <= value <= (8 if key == "n" else 2**62):
             body[key] = min(int(value), cap)
-    if "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = MAX_TOKENS
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = MAX_TOKENS  # absent or null means "the rest of the context"
     messages = body.get("messages")
     last = messages[-1] if isinstance(messages, list) and messages else None
     if isinstance(last, dict) and last.get("role") == "assistant":

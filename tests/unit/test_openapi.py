@@ -26,7 +26,7 @@ def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_operation_documents_its_errors(doc: dict[str, Any]) -> None:
     chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert {"400", "404", "413", "429", "431", "500", "503"} <= set(chat)
+    assert {"400", "404", "408", "413", "429", "431", "500", "503"} <= set(chat)
     assert "422" not in chat
     assert "404" in doc["paths"]["/v1/models/{model_id}"]["get"]["responses"]
     assert "503" in doc["paths"]["/health"]["get"]["responses"]
