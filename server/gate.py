@@ -119,7 +119,7 @@ class Gate:
             await send(message)
 
         probe = path in PROBES
-        tracked = False
+        tracked = crashed = False
         try:
             refusal = self._refusal(scope, path, method, record)
             if refusal is not None:
@@ -134,12 +134,16 @@ class Gate:
             if tracked:
                 self.lifecycle.enter()
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            crashed = True
+            raise
         finally:
             if tracked:
                 self.lifecycle.leave()
             for cleanup in record.cleanups:
                 cleanup()
-            code = status[0] if status else 500
+            # No response and no error: the client went away first (nginx's 499).
+            code = status[0] if status else 500 if crashed else 499
             count_response(code)
             line = {
                 "request_id": record.request_id,
