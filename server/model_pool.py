@@ -19,6 +19,7 @@ class ServedModel:
     engine: Engine
     chat_format: ChatFormat = field(init=False)
     stop_token_ids: tuple[int, ...] = field(init=False)
+    longest_token_bytes: int = field(init=False)
     grammar: Any = None
     """The model's ``grammars.GrammarCompiler`` (needs the model's vocabulary)."""
     created: int = 0
@@ -29,6 +30,9 @@ class ServedModel:
         self.stop_token_ids = tuple(
             tokenizer.convert_tokens_to_ids(t) for t in self.chat_format.stop_tokens
         )
+        # Byte-level BPE spells each byte as one character, so this is the most bytes one
+        # token can cover: a prompt of more bytes than context x this cannot fit.
+        self.longest_token_bytes = max(len(token) for token in tokenizer.get_vocab())
 
     @property
     def id(self) -> str:

@@ -85,6 +85,7 @@ class ChatService:
 
         model = self.pool.get(request.model)
         self._check_conversation(request)
+        self._check_prompt_size(request, model)
         constraint = await self._constraint(request, model)
         tools = request.tools if request.effective_tool_choice != "none" else None
         segments = model.chat_format.render(request.messages, tools)
@@ -107,6 +108,23 @@ class ChatService:
                 "The last message must not be an assistant message: "
                 "continuing an assistant turn is not supported.",
                 param="messages",
+            )
+
+    @staticmethod
+    def _check_prompt_size(request: ChatCompletionRequest, model: ServedModel) -> None:
+        """Refuse a prompt that cannot fit before tokenizing it: tokenizing runs in the event
+        loop, and megabytes of text would stall every other request for seconds."""
+        size = sum(
+            len(m.text.encode()) + sum(len(c.function.arguments) for c in m.tool_calls or [])
+            for m in request.messages
+        )
+        limit = model.config.context_length * model.longest_token_bytes
+        if size > limit:
+            raise BadRequestError(
+                f"The messages hold {size} bytes of text, more than any prompt that fits the "
+                f"model's context of {model.config.context_length} tokens can hold.",
+                param="messages",
+                code="context_length_exceeded",
             )
 
     async def _constraint(self, request: ChatCompletionRequest, model: ServedModel) -> Any:
