@@ -15,6 +15,7 @@ of the schema, so a hostile schema is refused before it costs anything:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,7 +40,7 @@ MAX_SCHEMA_DEPTH = 32
 """Deepest nesting of JSON objects and arrays in a schema document (JSONSchemaBench: 24)."""
 
 # Keywords whose values are data, not subschemas: a "$ref" key inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
 _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
@@ -72,20 +73,28 @@ def _validator_class(schema: dict[str, Any]) -> type[Validator]:
     return validator_for(schema, default=Draft202012Validator)
 
 
-def _refs(schema: Any) -> list[str]:
-    """Every reference string in ``schema``, skipping keywords whose values are data."""
-    found, stack = [], [schema]
+def schema_entries(schema: Any) -> Iterator[tuple[dict[str, Any], str, Any]]:
+    """Every ``(object, key, value)`` in ``schema``, not descending into keywords whose values
+    are data (``enum``, ``const``, ...): those may hold anything, ``$ref`` look-alikes too."""
+    stack = [schema]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, dict):
             for key, value in node.items():
-                if key in _REF_KEYWORDS and isinstance(value, str):
-                    found.append(value)
-                elif key not in _DATA_KEYWORDS:
+                yield node, key, value
+                if key not in DATA_KEYWORDS:
                     stack.append(value)
-    return found
+
+
+def _refs(schema: Any) -> list[str]:
+    """Every reference string in ``schema``."""
+    return [
+        value
+        for _, key, value in schema_entries(schema)
+        if key in _REF_KEYWORDS and isinstance(value, str)
+    ]
 
 
 def _resolves(schema: dict[str, Any], ref: str) -> bool:

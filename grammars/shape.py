@@ -16,6 +16,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from grammars.limits import schema_entries
+
 __all__ = [
     "EMPTY_PARAMETERS",
     "LLAMA3_JSON",
@@ -34,7 +36,6 @@ EMPTY_PARAMETERS: dict[str, Any] = {
 function with an empty parameter list")."""
 
 # Keywords whose values are data, not subschemas: a "$ref" inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
 
 
 class ToolCallSyntax(Protocol):
@@ -110,16 +111,8 @@ def _rebase(schema: dict[str, Any], base: str) -> dict[str, Any]:
     out = copy.deepcopy(schema)
     out.pop("$schema", None)
     out.pop("$id", None)
-    stack: list[Any] = [out]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key == "$ref" and isinstance(value, str) and value.startswith("#"):
-                    rest = value[1:]
-                    node[key] = base + rest if rest.startswith("/") or not rest else value
-                elif key not in _DATA_KEYWORDS:
-                    stack.append(value)
+    for node, key, value in list(schema_entries(out)):
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            rest = value[1:]
+            node[key] = base + rest if rest.startswith("/") or not rest else value
     return out
