@@ -86,15 +86,21 @@ class RateLimiter:
         """Cerebras's ``x-ratelimit-*`` headers (resets in seconds) for the configured limits."""
         out: dict[str, str] = {}
         if self.requests_per_day is not None:
-            window, reset = self._window(self._requests, key, DAY)
-            out["x-ratelimit-limit-requests-day"] = str(self.requests_per_day)
-            left = max(self.requests_per_day - window.used, 0)
-            out["x-ratelimit-remaining-requests-day"] = str(left)
-            out["x-ratelimit-reset-requests-day"] = f"{reset:.3f}"
+            out |= self._window_headers(
+                "requests-day", self.requests_per_day, self._requests, key, DAY
+            )
         if self.tokens_per_minute is not None:
-            window, reset = self._window(self._tokens, key, MINUTE)
-            out["x-ratelimit-limit-tokens-minute"] = str(self.tokens_per_minute)
-            left = max(self.tokens_per_minute - window.used, 0)
-            out["x-ratelimit-remaining-tokens-minute"] = str(left)
-            out["x-ratelimit-reset-tokens-minute"] = f"{reset:.3f}"
+            out |= self._window_headers(
+                "tokens-minute", self.tokens_per_minute, self._tokens, key, MINUTE
+            )
         return out
+
+    def _window_headers(
+        self, name: str, limit: int, table: dict[str, _Window], key: str, length: float
+    ) -> dict[str, str]:
+        window, reset = self._window(table, key, length)
+        return {
+            f"x-ratelimit-limit-{name}": str(limit),
+            f"x-ratelimit-remaining-{name}": str(max(limit - window.used, 0)),
+            f"x-ratelimit-reset-{name}": f"{reset:.3f}",
+        }
