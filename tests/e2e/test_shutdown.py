@@ -1,8 +1,14 @@
-"""SIGTERM drains: /health and new requests turn 503 at once, while a stream and a plain
-request started before the signal finish whole; then the process exits 0."""
+"""SIGTERM drains: /health and new requests turn 503 at once, while a stream, a plain request
+and a request still uploading its body when the signal came all finish whole; then the
+process exits 0.
+
+The upload is held open by the test, so the drain cannot end before the 503s are checked,
+however fast the machine generates.
+"""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -43,6 +49,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
         "temperature": 0,
     }
     plain: dict[str, Any] = {}
+    held: dict[str, Any] = {}
     with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
         lines = r.iter_lines()
         head = []
@@ -50,13 +57,17 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
             head.append(next(lines))
         worker = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body)))
         worker.start()
-        time.sleep(0.5)  # the plain request is in flight too
+        release = threading.Event()
+        uploader = threading.Thread(target=lambda: held.update(r=_held_upload(url, release)))
+        uploader.start()
+        time.sleep(0.5)  # the plain request and the upload are in flight too
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        health = httpx.get(f"{server.base_url}/health", timeout=10)
+        health = _health_once_draining(server.base_url)
         late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=10)
+        release.set()
         events = sse_data(head + list(lines))
     worker.join(120)
+    uploader.join(120)
     code = server.proc.wait(60)
 
     assert health.status_code == 503 and health.json()["error"]["code"] == "draining"
@@ -70,6 +81,33 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
     assert text
     assert plain["r"].status_code == 200
     assert plain["r"].json()["usage"]["completion_tokens"] == TOKENS
+    assert held["r"].status_code == 200, held["r"].text
+    assert held["r"].json()["usage"]["completion_tokens"] == 2
     assert code == 0, server.log()[-3000:]
     log = server.log()
     assert '"msg": "draining"' in log and '"msg": "drained"' in log
+
+
+def _held_upload(url: str, release: threading.Event) -> httpx.Response:
+    """A request whose body arrives in two parts, the second only once ``release`` is set."""
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    ).encode()
+
+    def parts() -> Iterator[bytes]:
+        yield body[:10]
+        release.wait(60)
+        yield body[10:]
+
+    headers = {"content-type": "application/json"}
+    return httpx.post(url, content=parts(), headers=headers, timeout=120)
+
+
+def _health_once_draining(base_url: str) -> httpx.Response:
+    """/health after the signal has been handled (it is handled on the event loop)."""
+    deadline = time.monotonic() + 10
+    while True:
+        health = httpx.get(f"{base_url}/health", timeout=10)
+        if health.status_code != 200 or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
