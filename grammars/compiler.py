@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from grammars.constraints import Constraint
@@ -88,10 +88,17 @@ class GrammarCompiler:
         # and bound to no particular loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"grammar-{backend}")
         self._warm = False
+        self._starting: Future[CompileResult | None] | None = None
         self._cache: OrderedDict[str, CompileResult] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[CompileResult]] = {}
         self.hits = 0
         self.misses = 0
+
+    def spawn(self) -> None:
+        """Start the worker and its warm-up now, in the compile thread, and return at once
+        (at server start-up they overlap the engine's loading); :meth:`start` waits for them."""
+        if self._starting is None:
+            self._starting = self._executor.submit(self._start)
 
     async def start(self) -> None:
         """Start the worker, build its vocabulary and warm up; raises WorkerStartError.
@@ -99,10 +106,17 @@ class GrammarCompiler:
         Call it at server start-up: a bad tokenizer path fails there, and the first request
         does not wait for the worker. Otherwise the first compile calls it.
         """
-        loop = asyncio.get_running_loop()
-        warm = await loop.run_in_executor(self._executor, self._start)
+        self.spawn()
+        assert self._starting is not None
+        try:
+            warm = await asyncio.wrap_future(self._starting)
+        except BaseException:
+            self._starting = None  # the next call tries again
+            raise
         if warm is not None:
             self._remember(shape_key(self.backend, _JSON_MODE), warm)
+        # Later calls: a worker restarted since (after a timeout or a crash) is ready too.
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._worker.wait_ready)
 
     def _start(self) -> CompileResult | None:
         started = time.monotonic()

@@ -8,6 +8,9 @@ of the schema, so a hostile schema is refused before it costs anything:
   documents nested deeper than 64;
 * no remote ``$ref``: resolving one would make the server fetch URLs (or read files) on a
   client's behalf, and no backend resolves them anyway;
+* no ``$ref`` loop that stays at one place of the instance (``{"$ref": "#"}``, ``a -> b ->
+  a``): such a schema describes nothing, ``jsonschema`` recurses on it forever, and Outlines
+  silently drops the property that holds it, so its grammar would not match the schema;
 * the schema must be valid against its own meta-schema, so that validating the output later
   means something.
 """
@@ -97,10 +100,16 @@ def _refs(schema: Any) -> list[str]:
     ]
 
 
-def _resolves(schema: dict[str, Any], ref: str) -> bool:
-    """Whether a local JSON-pointer reference (``#/a/b``) names a node of ``schema``."""
+_MISSING = object()
+
+
+def _resolve(schema: dict[str, Any], ref: str) -> Any:
+    """The node a local JSON-pointer reference (``#``, ``#/a/b``) names; ``_MISSING`` if none,
+    None for a named anchor (``#name``), which jsonschema checks when it validates."""
+    if ref == "#":
+        return schema
     if not ref.startswith("#/"):
-        return True  # "#" itself, or a named anchor, which jsonschema checks when it validates
+        return None
     node: Any = schema
     for raw in ref[2:].split("/"):
         part = unquote(raw).replace("~1", "/").replace("~0", "~")
@@ -109,8 +118,57 @@ def _resolves(schema: dict[str, Any], ref: str) -> bool:
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            return False
-    return True
+            return _MISSING
+    return node
+
+
+# Keywords that apply their subschemas to the same instance: a $ref cycle through them (and
+# $ref itself) never moves down the instance, so it never ends.
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+_IN_PLACE_MANY = ("allOf", "anyOf", "oneOf")
+
+
+def _in_place(schema: dict[str, Any], node: dict[str, Any]) -> Iterator[Any]:
+    """The subschemas applied to the same instance as ``node``."""
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        target = _resolve(schema, ref)
+        if isinstance(target, dict):
+            yield target
+    for key in _IN_PLACE_ONE:
+        yield node.get(key)
+    for key in _IN_PLACE_MANY:
+        if isinstance(node.get(key), list):
+            yield from node[key]
+
+
+def _ref_loop(schema: dict[str, Any]) -> list[str] | None:
+    """The ``$ref`` strings of a loop that stays at one instance location, if there is one."""
+    done: set[int] = set()
+    for start, key, _ in schema_entries(schema):
+        if key != "$ref" or id(start) in done:
+            continue
+        # Depth-first from ``start``; ``path`` holds the nodes on the current branch.
+        path: list[dict[str, Any]] = [start]
+        on_path = {id(start)}
+        branches = [_in_place(schema, start)]
+        while branches:
+            child = next(branches[-1], _MISSING)
+            if child is _MISSING:
+                branches.pop()
+                node = path.pop()
+                on_path.discard(id(node))
+                done.add(id(node))
+                continue
+            if not isinstance(child, dict) or id(child) in done:
+                continue
+            if id(child) in on_path:
+                loop = path[[id(n) for n in path].index(id(child)) :]
+                return [n["$ref"] for n in loop if isinstance(n.get("$ref"), str)]
+            path.append(child)
+            on_path.add(id(child))
+            branches.append(_in_place(schema, child))
+    return None
 
 
 def check_schema(schema: Any, *, param: str, what: str) -> None:
@@ -141,9 +199,15 @@ def check_schema(schema: Any, *, param: str, what: str) -> None:
             "references starting with '#' are supported",
             param=param,
         )
-    dangling = [ref for ref in refs if not _resolves(schema, ref)]
+    dangling = [ref for ref in refs if _resolve(schema, ref) is _MISSING]
     if dangling:
         raise SchemaError(f"{what} has a reference to nothing: {dangling[0]!r}", param=param)
+    loop = _ref_loop(schema)
+    if loop:
+        raise SchemaError(
+            f"{what} has a $ref loop that never reaches a type ({' -> '.join(loop + loop[:1])})",
+            param=param,
+        )
     try:
         _validator_class(schema).check_schema(schema)
     except JsonSchemaSchemaError as exc:

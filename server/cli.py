@@ -80,18 +80,26 @@ def load_service(settings: Settings) -> Any:
                 "seconds": round(time.monotonic() - started, 1),
             },
         )
-        engine = Engine(config, path, structured_backend=settings.structured_output_backend)
+        # The grammar worker loads its vocabulary while the engine loads (seconds for SmolLM2,
+        # tens of seconds for Llama's 128k tokens); the app's start-up waits for both.
+        grammar = _grammar_compiler(settings, path)
+        grammar.spawn()
+        try:
+            engine = Engine(config, path, structured_backend=settings.structured_output_backend)
+        except BaseException:
+            grammar.close()
+            raise
         model = ServedModel(config, engine, created=int(time.time()))
-        model.grammar = _grammar_compiler(settings, engine)
+        model.grammar = grammar
         served.append(model)
     return ChatService(ModelPool(served), grammar_backend=settings.structured_output_backend)
 
 
-def _grammar_compiler(settings: Settings, engine: Any) -> Any:
+def _grammar_compiler(settings: Settings, model_path: str) -> Any:
     from grammars import GrammarCompiler
 
     return GrammarCompiler(
-        engine.tokenizer,
+        model_path,  # the folder vLLM loads the tokenizer from
         backend=settings.structured_output_backend,
         timeout=settings.grammar_timeout,
         cache_size=settings.grammar_cache_size,
@@ -129,6 +137,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # server.access writes one line per request instead
+        log_config=None,  # uvicorn's own lines go through our JSON handler (server.logs)
         # Our drain comes first (GracefulServer); this only bounds what is left after it.
         timeout_graceful_shutdown=5,
     )

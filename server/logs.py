@@ -9,7 +9,13 @@ import time
 
 __all__ = ["setup_logging"]
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Not fields of a line; uvicorn's color_message is its msg again, with terminal colours.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,6 +33,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def _unfinished_is_a_warning(record: logging.LogRecord) -> bool:
+    """uvicorn calls a response the app did not finish an error; here only a stream whose
+    client stopped reading ends that way, after its own warning (server.routes)."""
+    if record.msg == "ASGI callable returned without completing response.":
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "connection closed with its response unfinished"
+    return True
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -35,3 +50,4 @@ def setup_logging(level: str) -> None:
         logger.handlers = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+    logging.getLogger("uvicorn.error").addFilter(_unfinished_is_a_warning)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -10,6 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from server.control import RequestControl, timeout_error
 from server.errors import EngineDeadError, ServiceUnavailableError
@@ -26,6 +29,7 @@ __all__ = ["router"]
 
 router = APIRouter()
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _service(request: Request) -> ChatService:
@@ -43,7 +47,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     headers = control.begin(request, body, request_id)  # 429 when full or over a limit
     prepared = await service.prepare(body, request_id)
     if body.stream:
-        return EventSourceResponse(
+        return _EventStream(
             _sse(control.stream(request, service.stream(prepared))),
             ping=15,
             headers=headers,
@@ -53,6 +57,30 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     response = await _until_disconnect(request, work, timeout=control.request_timeout)
     control.finish(request, response)
     return JSONResponse(response.model_dump(), headers=headers)
+
+
+class _EventStream(EventSourceResponse):
+    """A stream whose client stopped reading ends with a warning, not a server-error traceback.
+
+    sse-starlette gives up on a write after ``send_timeout`` and raises; the stream's cleanup
+    has already aborted the engine request. Returning leaves the response unfinished, so
+    uvicorn closes the connection.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            record = scope.get("state", {}).get("record")
+            if record is not None:  # the access log line says why the stream ended early
+                record.fields["error"] = "client_stopped_reading"
+            log.warning(
+                "stream dropped: the client stopped reading",
+                extra={
+                    "request_id": getattr(record, "request_id", None),
+                    "send_timeout_s": self.send_timeout,
+                },
+            )
 
 
 async def _sse(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:

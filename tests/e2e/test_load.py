@@ -206,6 +206,7 @@ def test_slow_reader_neither_stalls_others_nor_grows_memory(smol_server: ServerP
     wait_idle(url, timeout=60)
     control = median(probes_beside_a_fast_reader(url, seconds=15))
     own_before, _ = rss_mib(smol_server.proc.pid)
+    log_before = len(smol_server.log())
     sock = _slow_stream(smol_server.port)
     try:
         sock.settimeout(30)
@@ -251,3 +252,9 @@ def test_slow_reader_neither_stalls_others_nor_grows_memory(smol_server: ServerP
     assert growth < 64, growth
     assert drained < 64 * 2**20
     assert b"[DONE]" not in tail, "the stream ran to its end: the send timeout was not tested"
+    # The server's doing, not a server error: one warning line (and the access line's
+    # reason), no traceback.
+    log = smol_server.log()[log_before:]
+    assert '"msg": "stream dropped: the client stopped reading"' in log, log[-3000:]
+    assert '"error": "client_stopped_reading"' in log
+    assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]

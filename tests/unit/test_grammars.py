@@ -89,6 +89,14 @@ def test_json_schema_keeps_the_schema() -> None:
         ({"properties": {"a": {"minLength": -1}}}, "not a valid JSON Schema at properties/a"),
         ({"$ref": "https://example.com/s.json"}, "outside the schema"),
         ({"$ref": "#/$defs/missing"}, "reference to nothing"),
+        ({"$ref": "#"}, r"\$ref loop .*\(# -> #\)"),
+        (
+            {
+                "$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"$ref": "#/$defs/a"}},
+                "properties": {"x": {"$ref": "#/$defs/a"}},
+            },
+            r"\$ref loop .*#/\$defs/b -> #/\$defs/a -> #/\$defs/b",
+        ),
         ({"enum": ["x" * 100] * 700}, "at most 65536 are allowed"),
         ({"items": json.loads('{"items": ' * 40 + "{}" + "}" * 40)}, "levels deep"),
     ],
@@ -97,6 +105,26 @@ def test_bad_response_format_schema(schema: dict[str, Any], message: str) -> Non
     with pytest.raises(SchemaError, match=message) as caught:
         build_constraint(request(response_format=schema_format(schema)), backend="outlines")
     assert caught.value.param == "response_format"
+
+
+def test_recursion_that_moves_down_the_instance_is_accepted() -> None:
+    """A linked list or a tree: each $ref is one level deeper in the output, so it ends."""
+    node = {
+        "type": "object",
+        "properties": {"next": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/node"}]}},
+        "items": {"$ref": "#"},
+    }
+    schema = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
+    c = build_constraint(request(response_format=schema_format(schema)), backend="outlines")
+    assert c is not None and c.schema == schema
+
+
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_a_tool_with_a_ref_loop_is_refused_naming_the_tool(choice: str) -> None:
+    tools = [*TOOLS, {"type": "function", "function": {"name": "f", "parameters": {"$ref": "#"}}}]
+    with pytest.raises(SchemaError, match=r"tool 'f' has a \$ref loop") as caught:
+        build_constraint(request(tools=tools, tool_choice=choice), backend="xgrammar")
+    assert caught.value.param == "tools"
 
 
 def test_required_allows_any_tool_and_parallel_calls() -> None:
