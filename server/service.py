@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.chat_formats import encode_segments
+from server.chat_formats import Segment, encode_segments
 from server.errors import APIError, BadRequestError, FailedGenerationError, InternalError
 from server.model_pool import ModelPool, ServedModel
 from server.outputs import ChoiceState, choice_logprobs, time_info
@@ -32,6 +34,23 @@ from server.tool_calls import could_be_call_prefix, parse_tool_calls
 __all__ = ["ChatService", "Prepared"]
 
 log = logging.getLogger(__name__)
+
+INLINE_PROMPT_CHARS = 4096
+"""Prompts of up to this many characters are tokenized on the event loop (about a millisecond);
+longer ones in a thread. The tokenizer releases the GIL, and Llama 3.1's context holds prompts
+of 100k tokens that take 0.2 s or more: on the loop they would stall every stream."""
+
+# Two threads: a long prompt does not hold up the next one; each thread borrows its own copy
+# of the tokenizer from vLLM's pool, so more threads would mean more copies in memory.
+_tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+
+
+async def tokenize(segments: list[Segment], tokenizer: Any) -> list[int]:
+    """``encode_segments`` that keeps the event loop free for long prompts."""
+    if sum(len(s.text) for s in segments) <= INLINE_PROMPT_CHARS:
+        return encode_segments(segments, tokenizer)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_tokenizing, encode_segments, segments, tokenizer)
 
 
 @dataclass
@@ -89,7 +108,7 @@ class ChatService:
         constraint = await self._constraint(request, model)
         tools = request.tools if request.effective_tool_choice != "none" else None
         segments = model.chat_format.render(request.messages, tools)
-        prompt_ids = encode_segments(segments, model.engine.tokenizer)
+        prompt_ids = await tokenize(segments, model.engine.tokenizer)
         max_tokens = self._max_tokens(request, model, len(prompt_ids))
         self._check_engine_limits(request, model, max_tokens)
         params = to_sampling_params(
@@ -112,8 +131,8 @@ class ChatService:
 
     @staticmethod
     def _check_prompt_size(request: ChatCompletionRequest, model: ServedModel) -> None:
-        """Refuse a prompt that cannot fit before tokenizing it: tokenizing runs in the event
-        loop, and megabytes of text would stall every other request for seconds."""
+        """Refuse a prompt that cannot fit before tokenizing it: megabytes of text would
+        occupy a tokenizing thread (and a core) for seconds."""
         size = sum(
             len(m.text.encode()) + sum(len(c.function.arguments) for c in m.tool_calls or [])
             for m in request.messages

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from server.chat_formats import Segment, encode_segments
 from server.errors import BadRequestError
 from server.protocol import ChatCompletionRequest
-from server.service import ChatService
+from server.service import ChatService, tokenize
 
 MODEL = SimpleNamespace(config=SimpleNamespace(context_length=100), longest_token_bytes=4)
 
@@ -27,3 +30,31 @@ def test_prompt_that_cannot_fit_is_refused_before_tokenizing() -> None:
 def test_prompt_size_counts_bytes_not_characters() -> None:
     with pytest.raises(BadRequestError):
         ChatService._check_prompt_size(request("é" * 201), MODEL)  # 402 bytes
+
+
+def test_a_long_prompt_is_tokenized_off_the_event_loop(smol_tokenizer: Any) -> None:
+    """Same ids either way; while 100k tokens are encoded the loop keeps running."""
+    short = [Segment("<|im_start|>", special=True), Segment("user\nHello")]
+    long = [*short, Segment(" the quick brown fox jumps over the lazy dog" * 11_000)]
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.01)
+        before = ticks
+        ids = await tokenize(long, smol_tokenizer)
+        during = ticks - before
+        ticker.cancel()
+        return ids, await tokenize(short, smol_tokenizer), during
+
+    ids, short_ids, ticks = asyncio.run(scenario())
+    assert ids == encode_segments(long, smol_tokenizer) and len(ids) > 90_000
+    assert short_ids == encode_segments(short, smol_tokenizer)
+    assert ticks > 10  # the loop ran while the thread tokenized (inline: 0)
