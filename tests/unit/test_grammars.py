@@ -22,6 +22,7 @@ from grammars import GrammarCompiler, Shape, build_constraint, schema_validator
 from grammars.encode import encode, outlines_regex
 from server.errors import BadRequestError, SchemaError, UnsupportedError
 from server.protocol import ChatCompletionRequest
+from tests.unit.loop_ticks import loop_ticks
 
 WEATHER = {
     "type": "object",
@@ -387,22 +388,13 @@ def test_waiting_does_not_block_the_event_loop(outlines_compiler: Any) -> None:
             request(response_format=schema_format(slow)), backend="outlines"
         )
         misses = outlines_compiler.misses
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.05)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        results = await asyncio.gather(
-            *(outlines_compiler.check(constraint) for _ in range(3)), return_exceptions=True
-        )
-        ticker.cancel()
+        async with loop_ticks(0.05) as ticks:
+            results = await asyncio.gather(
+                *(outlines_compiler.check(constraint) for _ in range(3)), return_exceptions=True
+            )
         assert all(isinstance(r, SchemaError) for r in results)
         assert outlines_compiler.misses == misses + 1  # identical schemas share one compile
-        assert ticks >= 20  # the loop ran throughout the 3 s compile
+        assert ticks.count >= 20  # the loop ran throughout the 3 s compile
 
     asyncio.run(scenario())
 

@@ -12,6 +12,7 @@ from server.chat_formats import Segment, encode_segments
 from server.errors import BadRequestError
 from server.protocol import ChatCompletionRequest
 from server.service import ChatService, tokenize
+from tests.unit.loop_ticks import loop_ticks
 
 MODEL = SimpleNamespace(config=SimpleNamespace(context_length=100), longest_token_bytes=4)
 
@@ -38,21 +39,9 @@ def test_a_long_prompt_is_tokenized_off_the_event_loop(smol_tokenizer: Any) -> N
     long = [*short, Segment(" the quick brown fox jumps over the lazy dog" * 11_000)]
 
     async def scenario() -> tuple[list[int], list[int], int]:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.001)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0.01)
-        before = ticks
-        ids = await tokenize(long, smol_tokenizer)
-        during = ticks - before
-        ticker.cancel()
-        return ids, await tokenize(short, smol_tokenizer), during
+        async with loop_ticks() as ticks:
+            ids = await tokenize(long, smol_tokenizer)
+        return ids, await tokenize(short, smol_tokenizer), ticks.count
 
     ids, short_ids, ticks = asyncio.run(scenario())
     assert ids == encode_segments(long, smol_tokenizer) and len(ids) > 90_000
