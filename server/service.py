@@ -327,8 +327,11 @@ class ChatService:
         for i in sorted(states):
             finals.append(self._final_chunk_choice(prep, states[i], held[i] if holding[i] else ""))
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        # The final chunk carries finish_reason, and (Cerebras) usage and time_info.
-        yield self._chunk(prep, finals, usage=outcome.usage, timing=outcome.timing)
+        # The final chunk carries finish_reason and time_info, and usage as Cerebras sends it;
+        # when the client asks for OpenAI's usage chunk, usage goes there only: clients that
+        # add up the usage of every chunk (LangChain) would count it twice.
+        usage = None if include_usage else outcome.usage
+        yield self._chunk(prep, finals, usage=usage, timing=outcome.timing)
         if include_usage:
             yield self._chunk(prep, [], usage=outcome.usage)
 

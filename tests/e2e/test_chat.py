@@ -133,6 +133,7 @@ def test_stream_shape(client: openai.OpenAI) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(final) == 1 and final[0].model_extra.get("time_info")
+    assert final[0].usage is None  # in the usage chunk only, so it is not counted twice
     usage_only = chunks[-1]
     assert usage_only.choices == [] and usage_only.usage.completion_tokens > 0
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
