@@ -22,22 +22,11 @@ import litellm
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
+from tests.e2e.test_tools import WEATHER
+
 pytestmark = pytest.mark.e2e
 
 SMOL, TINY = "smollm2-135m", "llama3.1-tiny"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 ASK_WEATHER = "What is the weather in Paris?"
 
 

@@ -88,7 +88,7 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
         "metadata": st.dictionaries(text, text, max_size=2),
         "tools": tools(),
     }
-    for key in draw(st.sets(st.sampled_from(sorted(optional)), max_size=5)):
+    for key in sorted(draw(st.sets(st.sampled_from(sorted(optional)), max_size=5))):
         body[key] = draw(optional[key])
     if "tools" in body:
         body["tool_choice"] = draw(st.sampled_from(["auto", "none", "required"]))
@@ -117,7 +117,9 @@ JUNK = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
     st.just("x" * 5000),
-    st.just(json.loads("[" * 20 + "]" * 20)),
+    # A fresh list each time: mutations edit values in place, and a shared one would change
+    # what later examples draw (hypothesis then fails with FlakyStrategyDefinition).
+    st.builds(lambda: json.loads("[" * 20 + "]" * 20)),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
