@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.control import RequestControl, timeout_error
 from server.errors import EngineDeadError, ServiceUnavailableError
+from server.gate import request_record
 from server.metrics import render_metrics
 from server.protocol import (
     ChatCompletionRequest,
@@ -71,15 +72,11 @@ class _EventStream(EventSourceResponse):
         try:
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:
-            record = scope.get("state", {}).get("record")
-            if record is not None:  # the access log line says why the stream ended early
-                record.fields["error"] = "client_stopped_reading"
+            record = request_record(Request(scope))
+            record.fields["error"] = "client_stopped_reading"  # in the access log line too
             log.warning(
                 "stream dropped: the client stopped reading",
-                extra={
-                    "request_id": getattr(record, "request_id", None),
-                    "send_timeout_s": self.send_timeout,
-                },
+                extra={"request_id": record.request_id, "send_timeout_s": self.send_timeout},
             )
 
 
