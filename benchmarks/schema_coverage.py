@@ -38,10 +38,12 @@ from tqdm import tqdm
 __all__ = [
     "BenchSchema",
     "SchemaOutcome",
+    "add_sample_options",
     "compile_coverage",
     "format_table",
     "load_schemas",
     "main",
+    "sampled_schemas",
     "summarize",
 ]
 
@@ -186,14 +188,32 @@ def _cell(key: str, value: float | None) -> str:
     return str(value)
 
 
+def add_sample_options(
+    parser: argparse.ArgumentParser, *, sample: int, seed_help: str = "sampling seed (default 0)"
+) -> None:
+    """The options that choose backends and schemas (``--backend``, ``--data-dir``, ``--files``,
+    ``--sample``, ``--seed``); :func:`sampled_schemas` reads them back."""
+    add = parser.add_argument
+    add("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    add("--data-dir", type=Path, default=DATA_DIR, help="JSONSchemaBench's .jsonl files")
+    add("--files", nargs="+", default=list(FILES), choices=FILES)
+    add("--sample", type=int, default=sample, help=f"schemas a file, 0 for all (default {sample})")
+    add("--seed", type=int, default=0, help=seed_help)
+
+
+def sampled_schemas(args: argparse.Namespace) -> list[BenchSchema]:
+    sample = args.sample or None  # 0: every schema
+    return load_schemas(args.data_dir, files=args.files, sample=sample, seed=args.seed)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.schema_coverage",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_sample_options(parser, sample=8)
     add = parser.add_argument
-    add("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     add(
         "--tokenizer",
         default=os.environ.get("SMOL_TOKENIZER_DIR", "/tmp/smol/out"),
@@ -202,10 +222,6 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--vocab-size", type=int, default=None, help="the model's vocabulary (default: tokenizer's)"
     )
-    add("--data-dir", type=Path, default=DATA_DIR, help="JSONSchemaBench's .jsonl files")
-    add("--files", nargs="+", default=list(FILES), choices=FILES)
-    add("--sample", type=int, default=8, help="schemas from each file, 0 for all (default 8)")
-    add("--seed", type=int, default=0)
     add("--timeout", type=float, default=10.0, help="compile bound in seconds (default 10)")
     add("--out", type=Path, default=None, help="write the results as JSON here")
     add("--quiet", action="store_true", help="no progress bars")
@@ -214,9 +230,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    schemas = load_schemas(
-        args.data_dir, files=args.files, sample=args.sample or None, seed=args.seed
-    )
+    schemas = sampled_schemas(args)
     results: dict[str, dict[str, Any]] = {}
     for backend in args.backend:
         outcomes = asyncio.run(

@@ -47,12 +47,10 @@ from jsonschema.validators import validator_for
 from tqdm import tqdm
 
 from benchmarks.schema_coverage import (
-    BACKENDS,
-    DATA_DIR,
-    FILES,
     BenchSchema,
+    add_sample_options,
     compile_coverage,
-    load_schemas,
+    sampled_schemas,
     summarize,
 )
 from benchmarks.servers import OURS_CMD, ManagedServer, ServerError, format_command, free_port
@@ -346,15 +344,11 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_sample_options(parser, sample=6, seed_help="sample and request seed (default 0)")
     add = parser.add_argument
-    add("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     add("--base-url", help="a running server (one --backend) instead of starting one per backend")
     add("--model", default="smollm2-135m", help="the model id (default smollm2-135m)")
     add("--tokenizer", help="tokenizer folder for the compile part (default: the model's)")
-    add("--data-dir", type=Path, default=DATA_DIR, help="JSONSchemaBench's .jsonl files")
-    add("--files", nargs="+", default=list(FILES), choices=FILES)
-    add("--sample", type=int, default=6, help="schemas from each file (default 6)")
-    add("--seed", type=int, default=0, help="sample and request seed (default 0)")
     add("--max-tokens", type=int, default=512)
     add("--grammar-timeout", type=float, default=10.0, help="compile bound, s (default 10)")
     add("--request-timeout", type=float, default=180.0, help="per request, s (default 180)")
@@ -370,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.base_url and len(args.backend) != 1:
         _parser().error("--base-url takes exactly one --backend (the server's)")
-    schemas = load_schemas(args.data_dir, files=args.files, sample=args.sample, seed=args.seed)
+    schemas = sampled_schemas(args)
     results = {backend: _backend(args, backend, schemas) for backend in args.backend}
     print(format_e2e_table(results))
     for backend, result in results.items():
