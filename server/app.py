@@ -64,7 +64,7 @@ def create_app(load_service: Callable[[], Any], settings: Settings | None = None
             request_timeout=settings.request_timeout,
             log_prompts=settings.log_prompts,
         )
-        watch_pool(service.pool, admission)
+        watch_pool(service.pool, admission, lifecycle)
         stats_task = asyncio.create_task(_log_stats(app))
         watchdog = asyncio.create_task(watch_engines(service.pool, lifecycle))
         log.info(

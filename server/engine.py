@@ -127,10 +127,12 @@ class Engine:
     ) -> AsyncIterator[Any]:
         """Stream ``RequestOutput`` deltas; closing the iterator aborts the request. A dead
         engine core raises our ``EngineDeadError`` (503 ``engine_dead``), not vLLM's."""
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs.engine import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
-        stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        # Already tokenized: a rendered input goes straight to the engine (a raw prompt would
+        # take a hop through vLLM's tokenizer thread pool first).
+        stream = self._llm.generate(tokens_input(prompt_ids), params, request_id)
         try:
             async for out in stream:
                 yield out

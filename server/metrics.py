@@ -5,8 +5,9 @@ vLLM's stat logger registers its metrics (``vllm:num_requests_running``,
 prometheus-client's default registry, labelled by ``model_name``; counters and histograms
 update as the engine steps. Ours:
 
-- ``llama_serve_engine_requests`` and ``llama_serve_admitted_requests`` are read live when
-  scraped, so they are right even while the engine is idle;
+- ``llama_serve_engine_requests``, ``llama_serve_admitted_requests`` and
+  ``llama_serve_inflight_requests`` are read live when scraped, so they are right even while
+  the engine is idle;
 - ``llama_serve_rejected_requests_total{reason}``: requests refused before or instead of an
   answer (auth, overloaded, rate_limited, draining, timeout, bad_request, ...);
 - ``llama_serve_failed_generations_total{model_name}``: JSON-mode outputs that failed
@@ -113,9 +114,10 @@ def rejection_reason(error: APIError) -> str | None:
 
 
 class _PoolCollector(Collector):
-    def __init__(self, pool: Any, admission: Any = None) -> None:
+    def __init__(self, pool: Any, admission: Any = None, lifecycle: Any = None) -> None:
         self.pool = pool
         self.admission = admission
+        self.lifecycle = lifecycle
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         unfinished = GaugeMetricFamily(
@@ -135,17 +137,26 @@ class _PoolCollector(Collector):
                 admitted.add_metric([model.id], self.admission.held(model.id))
         yield unfinished
         yield admitted
+        if self.lifecycle is not None:
+            yield GaugeMetricFamily(
+                "llama_serve_inflight_requests",
+                "HTTP requests being served (probes aside), from their headers to their last "
+                "byte: what a drain waits for.",
+                value=self.lifecycle.inflight,
+            )
 
 
 _watched: dict[int, _PoolCollector] = {}
 
 
-def watch_pool(pool: Any, admission: Any = None, registry: CollectorRegistry = REGISTRY) -> None:
+def watch_pool(
+    pool: Any, admission: Any = None, lifecycle: Any = None, registry: CollectorRegistry = REGISTRY
+) -> None:
     """Register the live gauges (replacing those of an earlier app in the same process)."""
     old = _watched.pop(id(registry), None)
     if old is not None:
         registry.unregister(old)
-    _watched[id(registry)] = collector = _PoolCollector(pool, admission)
+    _watched[id(registry)] = collector = _PoolCollector(pool, admission, lifecycle)
     registry.register(collector)
 
 

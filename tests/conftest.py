@@ -17,6 +17,22 @@ def _server(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[Se
     server.stop()
 
 
+LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """A failed end-to-end test shows the end of its servers' logs: CI keeps nothing else."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, ServerProcess):
+                lines = value.log().splitlines()[-LOG_TAIL_LINES:]
+                tail = "\n".join(line[:400] for line in lines)
+                report.sections.append((f"server log, last lines ({value.log_path.name})", tail))
+    return report
+
+
 @pytest.fixture(scope="session")
 def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from _server(tmp_path_factory, "--model", "smollm2-135m")

@@ -21,6 +21,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,12 @@ __all__ = [
     "Outcome",
     "Tally",
     "engine_requests",
+    "gauge",
+    "inflight_requests",
     "rss_mib",
     "run_mix",
     "wait_idle",
+    "wait_until",
 ]
 
 MODEL = "smollm2-135m"
@@ -157,14 +161,33 @@ async def run_mix(url: str, kinds: list[str], *, concurrency: int, timeout: floa
     return tally
 
 
+def gauge(url: str, name: str, labels: str = "") -> float:
+    """One live gauge of /metrics (``labels`` as written there, e.g. ``model_name="x"``)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    series = f"{name}{{{labels}}}" if labels else name
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    if match is None:
+        raise AssertionError(f"no {series} in /metrics")
+    return float(match.group(1))
+
+
 def engine_requests(url: str, model: str = MODEL) -> int:
     """Requests the engine holds (running or waiting), from /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    pattern = rf'^llama_serve_engine_requests\{{model_name="{re.escape(model)}"\}} (\S+)$'
-    match = re.search(pattern, text, re.M)
-    if match is None:
-        raise AssertionError(f"no llama_serve_engine_requests for {model} in /metrics")
-    return int(float(match.group(1)))
+    return int(gauge(url, "llama_serve_engine_requests", f'model_name="{model}"'))
+
+
+def inflight_requests(url: str) -> int:
+    """HTTP requests the server is serving (what a drain waits for), from /metrics."""
+    return int(gauge(url, "llama_serve_inflight_requests"))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; raises naming ``what`` if it does not in time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s")
+        time.sleep(0.1)
 
 
 def wait_idle(url: str, timeout: float) -> float:

@@ -199,6 +199,8 @@ def test_metrics_count_the_requests_sent(guarded: ServerProcess) -> None:
     assert ours == {"200": n + 1, "401": 3, "400": 2, "auth": 3, "bad_request": 2}
     assert value(after, "vllm:num_requests_running", **m) == 0
     assert value(after, "llama_serve_admitted_requests", model_name=MODEL) == 0
+    inflight = [v for n, _, v in after if n == "llama_serve_inflight_requests"]
+    assert inflight == [0]  # the scrape itself is a probe, not counted
 
 
 # ------------------------------------------------------------------ overload

@@ -19,18 +19,24 @@ import httpx
 import psutil
 import pytest
 
+from tests.loadgen import engine_requests, inflight_requests, wait_until
 from tests.serverproc import ServerProcess, start_server
 from tests.sse import sse_data
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "smollm2-135m"
-TOKENS = 120
+TOKENS = 400  # seconds of generation: still going when the signal comes, however fast
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server("--model", MODEL, log_dir=tmp_path_factory.mktemp("drain"))
+    proc = start_server(
+        "--model",
+        MODEL,
+        log_dir=tmp_path_factory.mktemp("drain"),
+        env={"LLAMA_SERVE_DRAIN_TIMEOUT": "300"},  # a slow machine still finishes in the drain
+    )
     children = psutil.Process(proc.proc.pid).children(recursive=True)
     yield proc
     proc.stop(timeout=30)  # the test stopped it already, unless it failed
@@ -50,17 +56,26 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
     }
     plain: dict[str, Any] = {}
     held: dict[str, Any] = {}
+    release = threading.Event()
+    uploader = threading.Thread(target=lambda: held.update(r=_held_upload(url, release)))
+    uploader.start()
+    worker = threading.Thread(
+        target=lambda: plain.update(r=httpx.post(url, json=body, timeout=120))
+    )
+    worker.start()
     with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
         lines = r.iter_lines()
         head = []
         while len(sse_data(head)) < 3:  # the role chunk and some content: generating
             head.append(next(lines))
-        worker = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body)))
-        worker.start()
-        release = threading.Event()
-        uploader = threading.Thread(target=lambda: held.update(r=_held_upload(url, release)))
-        uploader.start()
-        time.sleep(0.5)  # the plain request and the upload are in flight too
+        # The signal comes once the plain request generates too and the upload is in flight.
+        wait_until(
+            lambda: (
+                engine_requests(server.base_url) == 2 and inflight_requests(server.base_url) == 3
+            ),
+            60,
+            "2 generating and 3 in flight",
+        )
         server.proc.send_signal(signal.SIGTERM)
         health = _health_once_draining(server.base_url)
         late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=10)
@@ -86,6 +101,8 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
     assert code == 0, server.log()[-3000:]
     log = server.log()
     assert '"msg": "draining"' in log and '"msg": "drained"' in log
+    draining = next(json.loads(line) for line in log.splitlines() if '"msg": "draining"' in line)
+    assert draining["inflight"] == 3  # all three were in flight when the signal came
 
 
 def _held_upload(url: str, release: threading.Event) -> httpx.Response:
