@@ -1,5 +1,5 @@
 """A small load driver for the reliability tests: mixed requests at a fixed concurrency, each
-answer classified, plus the server's memory and engine counts.
+answer classified, plus the server's memory.
 
 Kinds of request (all short, so that hundreds fit in a CI run on two CPU cores):
 
@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +30,8 @@ __all__ = [
     "KINDS",
     "Outcome",
     "Tally",
-    "engine_requests",
-    "gauge",
-    "inflight_requests",
     "rss_mib",
     "run_mix",
-    "wait_idle",
-    "wait_until",
 ]
 
 MODEL = "smollm2-135m"
@@ -159,45 +152,6 @@ async def run_mix(url: str, kinds: list[str], *, concurrency: int, timeout: floa
     async with httpx.AsyncClient(base_url=url, limits=limits) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return tally
-
-
-def gauge(url: str, name: str, labels: str = "") -> float:
-    """One live gauge of /metrics (``labels`` as written there, e.g. ``model_name="x"``)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    series = f"{name}{{{labels}}}" if labels else name
-    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
-    if match is None:
-        raise AssertionError(f"no {series} in /metrics")
-    return float(match.group(1))
-
-
-def engine_requests(url: str, model: str = MODEL) -> int:
-    """Requests the engine holds (running or waiting), from /metrics."""
-    return int(gauge(url, "llama_serve_engine_requests", f'model_name="{model}"'))
-
-
-def inflight_requests(url: str) -> int:
-    """HTTP requests the server is serving (what a drain waits for), from /metrics."""
-    return int(gauge(url, "llama_serve_inflight_requests"))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until it holds; raises naming ``what`` if it does not in time."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s")
-        time.sleep(0.1)
-
-
-def wait_idle(url: str, timeout: float) -> float:
-    """Seconds until the engine holds no request; raises if it still does after ``timeout``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if engine_requests(url) == 0:
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"engine still holds {engine_requests(url)} requests after {timeout} s")
 
 
 def rss_mib(pid: int) -> tuple[float, float]:

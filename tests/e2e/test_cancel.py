@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 
-from tests.loadgen import engine_requests, wait_until
+from tests.probes import engine_requests, wait_until
 from tests.sse import sse_data
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +17,7 @@ MODEL = "smollm2-135m"
 LONG = {
     "model": MODEL,
     "messages": [{"role": "user", "content": "Count to ten thousand."}],
-    "max_tokens": 4000,
+    "max_tokens": 8000,  # minutes of generation: still going when the test leaves
     "ignore_eos": True,
 }
 

@@ -4,7 +4,6 @@ then [DONE]), /health answers 503, and the process exits non-zero for a restart.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.probes import engine_requests, health_once_not_ok, wait_until
 from tests.serverproc import ServerProcess, start_server
 from tests.sse import sse_data
 
@@ -52,19 +52,19 @@ def test_engine_death_fails_requests_turns_health_503_and_exits_non_zero(
         "ignore_eos": True,
     }
     plain: dict[str, Any] = {}
+    post = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body, timeout=120)))
+    post.start()
     with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
         lines = r.iter_lines()
         head = []
         while len(sse_data(head)) < 3:
             head.append(next(lines))
-        worker = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body)))
-        worker.start()
-        time.sleep(0.5)  # the plain request is in flight too
-        core = engine_core(server.proc.pid)
-        core.kill()
+        # The engine dies while both the stream and the plain request are generating.
+        wait_until(lambda: engine_requests(server.base_url) == 2, 60, "2 generating")
+        engine_core(server.proc.pid).kill()
+        health = health_once_not_ok(server.base_url)
         events = sse_data(head + list(lines))
-        health = httpx.get(f"{server.base_url}/health", timeout=10)
-    worker.join(60)
+    post.join(60)
     code = server.proc.wait(60)
 
     assert events[-1] == "[DONE]"

@@ -17,7 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.loadgen import KINDS, engine_requests, rss_mib, run_mix, wait_idle
+from tests.loadgen import KINDS, rss_mib, run_mix
+from tests.probes import engine_requests, wait_idle
 from tests.reliability_options import size
 from tests.serverproc import ServerProcess
 from tests.stats import record

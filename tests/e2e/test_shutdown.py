@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.loadgen import engine_requests, inflight_requests, wait_until
+from tests.probes import engine_requests, health_once_not_ok, inflight_requests, wait_until
 from tests.serverproc import ServerProcess, start_server
 from tests.sse import sse_data
 
@@ -77,7 +76,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
             "2 generating and 3 in flight",
         )
         server.proc.send_signal(signal.SIGTERM)
-        health = _health_once_draining(server.base_url)
+        health = health_once_not_ok(server.base_url)
         late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=10)
         release.set()
         events = sse_data(head + list(lines))
@@ -118,13 +117,3 @@ def _held_upload(url: str, release: threading.Event) -> httpx.Response:
 
     headers = {"content-type": "application/json"}
     return httpx.post(url, content=parts(), headers=headers, timeout=120)
-
-
-def _health_once_draining(base_url: str) -> httpx.Response:
-    """/health after the signal has been handled (it is handled on the event loop)."""
-    deadline = time.monotonic() + 10
-    while True:
-        health = httpx.get(f"{base_url}/health", timeout=10)
-        if health.status_code != 200 or time.monotonic() > deadline:
-            return health
-        time.sleep(0.05)

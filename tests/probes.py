@@ -1,0 +1,71 @@
+"""What end-to-end tests read from a running server: its live gauges, its health, and waits
+on them (a test waits for the state it needs instead of sleeping and hoping)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import httpx
+
+__all__ = [
+    "engine_requests",
+    "gauge",
+    "health_once_not_ok",
+    "inflight_requests",
+    "wait_idle",
+    "wait_until",
+]
+
+MODEL = "smollm2-135m"
+
+
+def gauge(url: str, name: str, labels: str = "") -> float:
+    """One live gauge of /metrics (``labels`` as written there, e.g. ``model_name="x"``)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    series = f"{name}{{{labels}}}" if labels else name
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    if match is None:
+        raise AssertionError(f"no {series} in /metrics")
+    return float(match.group(1))
+
+
+def engine_requests(url: str, model: str = MODEL) -> int:
+    """Requests the engine holds (running or waiting), from /metrics."""
+    return int(gauge(url, "llama_serve_engine_requests", f'model_name="{model}"'))
+
+
+def inflight_requests(url: str) -> int:
+    """HTTP requests the server is serving (what a drain waits for), from /metrics."""
+    return int(gauge(url, "llama_serve_inflight_requests"))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; raises naming ``what`` if it does not in time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s")
+        time.sleep(0.1)
+
+
+def wait_idle(url: str, timeout: float) -> float:
+    """Seconds until the engine holds no request; raises if it still does after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if engine_requests(url) == 0:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"engine still holds {engine_requests(url)} requests after {timeout} s")
+
+
+def health_once_not_ok(base_url: str, timeout: float = 10) -> httpx.Response:
+    """/health once it stops answering 200 (a drain or an engine death is handled on the
+    server's event loop, a moment after its cause); the last answer if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = httpx.get(f"{base_url}/health", timeout=10)
+        if health.status_code != 200 or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
