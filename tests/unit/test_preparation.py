@@ -1,4 +1,4 @@
-"""The service's model-dependent checks, without an engine."""
+"""The model-dependent checks of request preparation, without an engine."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from server.chat_formats import Segment, encode_segments
 from server.errors import BadRequestError
+from server.preparation import check_prompt_size, tokenize
 from server.protocol import ChatCompletionRequest
-from server.service import ChatService, tokenize
 from tests.unit.loop_ticks import loop_ticks
 
 MODEL = SimpleNamespace(config=SimpleNamespace(context_length=100), longest_token_bytes=4)
@@ -22,15 +22,15 @@ def request(text: str) -> ChatCompletionRequest:
 
 
 def test_prompt_that_cannot_fit_is_refused_before_tokenizing() -> None:
-    ChatService._check_prompt_size(request("x" * 400), MODEL)  # 400 bytes may be 100 tokens
+    check_prompt_size(request("x" * 400), MODEL)  # 400 bytes may be 100 tokens
     with pytest.raises(BadRequestError) as err:
-        ChatService._check_prompt_size(request("x" * 401), MODEL)
+        check_prompt_size(request("x" * 401), MODEL)
     assert err.value.param == "messages" and err.value.code == "context_length_exceeded"
 
 
 def test_prompt_size_counts_bytes_not_characters() -> None:
     with pytest.raises(BadRequestError):
-        ChatService._check_prompt_size(request("é" * 201), MODEL)  # 402 bytes
+        check_prompt_size(request("é" * 201), MODEL)  # 402 bytes
 
 
 def test_a_long_prompt_is_tokenized_off_the_event_loop(smol_tokenizer: Any) -> None:
