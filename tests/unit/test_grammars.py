@@ -364,14 +364,14 @@ def test_pathological_schema_times_out_and_the_compiler_recovers(outlines_compil
         with pytest.raises(SchemaError, match="too complex to compile within 3 s") as caught:
             await outlines_compiler.check(bad)
         assert caught.value.param == "response_format"
-        assert time.perf_counter() - started < 3.0 + 2.0
+        assert time.perf_counter() - started < 3.0 + 5.0  # the bound, plus a loaded machine
         restarts = outlines_compiler.restarts
         assert restarts >= 1
-        # The same schema again: the cached verdict, at once, without another restart.
-        started = time.perf_counter()
+        # The same schema again: the cached verdict, without another compile or restart.
+        hits, misses = outlines_compiler.hits, outlines_compiler.misses
         with pytest.raises(SchemaError):
             await outlines_compiler.check(bad)
-        assert time.perf_counter() - started < 0.05
+        assert (outlines_compiler.hits, outlines_compiler.misses) == (hits + 1, misses)
         assert outlines_compiler.restarts == restarts
         # The compiler still works.
         good = build_constraint(request(tools=TOOLS, tool_choice="required"), backend="outlines")
@@ -434,10 +434,9 @@ def test_other_backends_check_with_their_compilers(backend: str, smol_tokenizer:
                 await compiler.check(
                     build_constraint(request(response_format=backref), backend=backend)
                 )
-            started = time.perf_counter()
+            hits, misses = compiler.hits, compiler.misses
             await compiler.check(build_constraint(request(tools=TOOLS), backend=backend))
-            assert time.perf_counter() - started < 0.01  # a cache hit
-            assert compiler.hits >= 1
+            assert (compiler.hits, compiler.misses) == (hits + 1, misses)  # a cache hit
 
     asyncio.run(scenario())
 
