@@ -54,13 +54,14 @@ def test_engine_death_fails_requests_turns_health_503_and_exits_non_zero(
     plain: dict[str, Any] = {}
     post = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body, timeout=120)))
     post.start()
+    wait_until(lambda: engine_requests(server.base_url) == 1, 60, "the plain request generating")
     with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
         lines = r.iter_lines()
         head = []
         while len(sse_data(head)) < 3:
             head.append(next(lines))
         # The engine dies while both the stream and the plain request are generating.
-        wait_until(lambda: engine_requests(server.base_url) == 2, 60, "2 generating")
+        assert engine_requests(server.base_url) == 2
         engine_core(server.proc.pid).kill()
         health = health_once_not_ok(server.base_url)
         events = sse_data(head + list(lines))

@@ -25,7 +25,8 @@ from tests.sse import sse_data
 pytestmark = pytest.mark.e2e
 
 MODEL = "smollm2-135m"
-TOKENS = 400  # seconds of generation: still going when the signal comes, however fast
+TOKENS = 400  # the stream's: seconds of generation, still going when the signal comes
+PLAIN_TOKENS = 1000  # the plain request starts first and must outlive the stream's start
 
 
 @pytest.fixture(scope="module")
@@ -59,28 +60,26 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
     uploader = threading.Thread(target=lambda: held.update(r=_held_upload(url, release)))
     uploader.start()
     worker = threading.Thread(
-        target=lambda: plain.update(r=httpx.post(url, json=body, timeout=120))
+        target=lambda: plain.update(
+            r=httpx.post(url, json=body | {"max_tokens": PLAIN_TOKENS}, timeout=300)
+        )
     )
     worker.start()
+    base = server.base_url
+    wait_until(lambda: engine_requests(base) == 1 and inflight_requests(base) == 2, 60, "started")
     with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
         lines = r.iter_lines()
         head = []
         while len(sse_data(head)) < 3:  # the role chunk and some content: generating
             head.append(next(lines))
-        # The signal comes once the plain request generates too and the upload is in flight.
-        wait_until(
-            lambda: (
-                engine_requests(server.base_url) == 2 and inflight_requests(server.base_url) == 3
-            ),
-            60,
-            "2 generating and 3 in flight",
-        )
+        # The signal comes while the plain request and the stream generate and the upload waits.
+        assert (engine_requests(base), inflight_requests(base)) == (2, 3)
         server.proc.send_signal(signal.SIGTERM)
         health = health_once_not_ok(server.base_url)
         late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=10)
         release.set()
         events = sse_data(head + list(lines))
-    worker.join(120)
+    worker.join(300)
     uploader.join(120)
     code = server.proc.wait(60)
 
@@ -94,7 +93,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
     assert text
     assert plain["r"].status_code == 200
-    assert plain["r"].json()["usage"]["completion_tokens"] == TOKENS
+    assert plain["r"].json()["usage"]["completion_tokens"] == PLAIN_TOKENS
     assert held["r"].status_code == 200, held["r"].text
     assert held["r"].json()["usage"]["completion_tokens"] == 2
     assert code == 0, server.log()[-3000:]
