@@ -53,11 +53,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 def wait_idle(url: str, timeout: float) -> float:
     """Seconds until the engine holds no request; raises if it still does after ``timeout``."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if engine_requests(url) == 0:
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"engine still holds {engine_requests(url)} requests after {timeout} s")
+    wait_until(lambda: engine_requests(url) == 0, timeout, "idle: the engine still holds requests")
+    return time.monotonic() - started
 
 
 def health_once_not_ok(base_url: str, timeout: float = 10) -> httpx.Response:
