@@ -39,7 +39,7 @@ format: setup
 	$(PY) -m ruff format .
 
 reliability: setup  ## hostile inputs, fuzzing, soak and faults, then one table (ARGS=--full)
-	$(PY) -m tests.reliability $(ARGS)
+	$(PY) -m tests.support.reliability $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(ARGS)

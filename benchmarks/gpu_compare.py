@@ -3,7 +3,7 @@
 ``python -m benchmarks.gpu_compare [--out DIR] [--model-dir DIR] [--dry-run]``
 
 Both servers run the same engine release with the same engine arguments (vLLM's flags are
-derived from our :func:`server.engine.engine_args` for the model config) and the same chat
+derived from our :func:`server.models.engine.engine_args` for the model config) and the same chat
 prompt (our Llama 3.1 layout is given to vLLM as its chat template), so the comparison
 measures the serving layers. Weights: the real ones when ``--model-dir`` (or
 ``$LLAMA31_8B_DIR``) holds safetensors, else random ones of the full architecture
@@ -152,9 +152,9 @@ def vllm_flags(engine_kwargs: dict[str, Any]) -> list[str]:
 
 def _prepare(plan: Plan, out: Path) -> tuple[str, str, str]:
     """Write the model config, build the model folder; return the two commands and folder."""
-    from server.engine import engine_args
-    from server.model_store import ensure_model
-    from server.registry import load_model_config
+    from server.models.config import load_model_config
+    from server.models.engine import engine_args
+    from server.models.store import ensure_model
     from server.settings import Settings
 
     config_path = out / f"{plan.config['id']}.yaml"

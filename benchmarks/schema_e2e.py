@@ -276,8 +276,8 @@ def format_e2e_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def _tokenizer(model: str) -> str:
-    from server.model_store import ensure_model
-    from server.registry import load_model_config
+    from server.models.config import load_model_config
+    from server.models.store import ensure_model
     from server.settings import Settings
 
     return ensure_model(load_model_config(model), Settings().cache_dir)

@@ -2,33 +2,46 @@
 
 Use from the service (one :class:`GrammarCompiler` per model, started with the server)::
 
-    constraint = build_constraint(request, backend="xgrammar", tool_call_format=LLAMA3_JSON)
+    constraint = build_constraint(request, backend="guidance", syntax=chat_format.tool_calls)
     if constraint is not None:
         await compiler.check(constraint)  # sets constraint.structured_outputs, or SchemaError
         params.structured_outputs = constraint.structured_outputs
 
-then check the content with ``constraint.validate(text)`` (None when valid) and each tool call
-against ``constraint.call_schema`` with :func:`schema_validator`.
+then check the content with ``constraint.validate(text)`` (None when valid). Errors about a
+request are :class:`GrammarError` subclasses naming the request field at fault.
 """
 
+from grammars.backends import BACKENDS, Backend, backend
 from grammars.compiler import GrammarCompiler
-from grammars.constraints import Constraint, ConstraintKind, build_constraint
-from grammars.encode import BACKENDS
-from grammars.limits import check_schema, schema_validator
-from grammars.shape import LLAMA3_JSON, JsonToolCalls, Shape, ToolCallSyntax
+from grammars.constraints import Constraint, ConstraintKind, OutputRequest, build_constraint
+from grammars.errors import (
+    CompilerUnavailableError,
+    GrammarError,
+    RequestError,
+    SchemaError,
+    UnsupportedError,
+)
+from grammars.schema_checks import check_schema, schema_validator
+from grammars.shape import Shape, ToolCallSyntax
 from grammars.worker import CompileResult, WorkerStartError
 
 __all__ = [
     "BACKENDS",
-    "LLAMA3_JSON",
+    "Backend",
     "CompileResult",
+    "CompilerUnavailableError",
     "Constraint",
     "ConstraintKind",
     "GrammarCompiler",
-    "JsonToolCalls",
+    "GrammarError",
+    "OutputRequest",
+    "RequestError",
+    "SchemaError",
     "Shape",
     "ToolCallSyntax",
+    "UnsupportedError",
     "WorkerStartError",
+    "backend",
     "build_constraint",
     "check_schema",
     "schema_validator",

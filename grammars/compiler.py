@@ -2,7 +2,7 @@
 
 One :class:`GrammarCompiler` per served model (one tokenizer, one backend). ``check`` sends
 the constraint's shape to a worker process (:mod:`grammars.worker`) that builds the grammar the
-way vLLM will, kills the worker if that takes longer than ``timeout`` and answers a 400.
+way vLLM will, kills the worker if that takes longer than ``timeout`` and raises SchemaError.
 
 * One compile at a time per model: jobs queue for the compiler's single thread, which does
   the blocking pipe I/O, so the event loop never waits on it.
@@ -32,9 +32,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from grammars.constraints import Constraint
+from grammars.errors import CompilerUnavailableError, SchemaError
 from grammars.shape import Shape
 from grammars.worker import CompileResult, CompileWorker, WorkerStartError
-from server.errors import SchemaError, ServiceUnavailableError
 
 __all__ = ["GrammarCompiler", "shape_key"]
 
@@ -144,7 +144,7 @@ class GrammarCompiler:
         try:
             result = await self.compile(constraint.shape)
         except WorkerStartError as exc:
-            raise ServiceUnavailableError(
+            raise CompilerUnavailableError(
                 "Structured outputs are unavailable: the grammar compiler could not start."
             ) from exc
         if not result.ok:

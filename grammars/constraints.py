@@ -1,18 +1,19 @@
 """Turn a Chat Completions request into the constraint the engine must enforce.
 
 :func:`build_constraint` is pure and cheap: it validates the client's schemas (size, depth,
-references, meta-schema; :mod:`grammars.limits`) and decides the :class:`~grammars.shape.Shape`
-of the output. It does not build the backend's grammar: for Outlines that can take unbounded
-time and memory, so :class:`~grammars.compiler.GrammarCompiler` does it in its worker process
-and returns the constraint with ``structured_outputs`` filled in.
+references, meta-schema; :mod:`grammars.schema_checks`) and decides the
+:class:`~grammars.shape.Shape` of the output. It does not build the backend's grammar: for
+Outlines that can take unbounded time and memory, so :class:`~grammars.compiler.GrammarCompiler`
+does it in its worker process and returns the constraint with ``structured_outputs`` filled in.
 
 Decisions, in the order they are taken:
 
-* ``tool_choice`` ``required`` or a named function without ``tools``: 400 naming tool_choice;
-  a named function that is not in ``tools``: 400 naming tool_choice.
+* ``tool_choice`` ``required`` or a named function without ``tools``: RequestError naming
+  tool_choice; a named function that is not in ``tools``: the same.
 * Tools are only enforced when ``tool_choice`` is not ``none``; every tool's ``parameters``
-  schema is validated whenever tools are sent (400 naming tools and the tool).
-* A forced call (``required`` or named) with a JSON ``response_format``: 400, the two conflict.
+  schema is validated whenever tools are sent (SchemaError naming tools and the tool).
+* A forced call (``required`` or named) with a JSON ``response_format``: UnsupportedError,
+  the two conflict.
 * ``required``: one call to any tool, or several joined by the format's separator unless
   ``parallel_tool_calls`` is false or the backend cannot enforce that (Outlines, see
   :mod:`grammars.encode`). A named function: exactly one call to it.
@@ -25,19 +26,72 @@ Decisions, in the order they are taken:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from jsonschema.exceptions import best_match
 from vllm.sampling_params import StructuredOutputsParams
 
-from grammars.encode import BACKENDS, PARALLEL_CALLS, encode
-from grammars.limits import check_schema, schema_validator
-from grammars.shape import EMPTY_PARAMETERS, LLAMA3_JSON, Shape, ToolCallSyntax, call_schema
-from server.errors import BadRequestError, UnsupportedError
-from server.protocol import ChatCompletionRequest, NamedToolChoice, ResponseFormat, Tool
+from grammars.backends import backend as backend_named
+from grammars.errors import RequestError, UnsupportedError
+from grammars.schema_checks import check_schema, schema_validator
+from grammars.shape import EMPTY_PARAMETERS, Shape, ToolCallSyntax, call_schema
 
-__all__ = ["Constraint", "ConstraintKind", "build_constraint"]
+__all__ = ["Constraint", "ConstraintKind", "OutputRequest", "build_constraint"]
+
+
+# What build_constraint reads of a request: the server's Chat Completions request has these
+# fields (and so may any other request model), without grammars importing the server.
+
+
+class _JsonSchemaFormat(Protocol):
+    @property
+    def schema_(self) -> dict[str, Any] | None: ...
+
+
+class ResponseFormatSpec(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def json_schema(self) -> _JsonSchemaFormat | None: ...
+
+
+class _FunctionSpec(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def parameters(self) -> dict[str, Any] | None: ...
+
+
+class ToolSpec(Protocol):
+    @property
+    def function(self) -> _FunctionSpec: ...
+
+
+class _NamedFunction(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class NamedChoiceSpec(Protocol):
+    @property
+    def function(self) -> _NamedFunction: ...
+
+
+class OutputRequest(Protocol):
+    @property
+    def response_format(self) -> ResponseFormatSpec | None: ...
+    @property
+    def tools(self) -> Sequence[ToolSpec] | None: ...
+    @property
+    def effective_tool_choice(self) -> str | NamedChoiceSpec:
+        """``none``, ``auto``, ``required`` or a named function."""
+        ...
+
+    @property
+    def parallel_tool_calls(self) -> bool | None: ...
+
 
 ConstraintKind = Literal["json_object", "json_schema", "tool_call", "tool_auto"]
 
@@ -58,8 +112,8 @@ class Constraint:
     """The engine's structured-output backend (``outlines``, ``xgrammar`` or ``guidance``)."""
     structured_outputs: StructuredOutputsParams | None = None
     """The engine parameters. Set by :meth:`GrammarCompiler.check` once they compile in time;
-    for ``xgrammar`` and ``guidance`` also by :func:`build_constraint` (their encoding is a
-    cheap ``json.dumps``), never for ``outlines`` (whose regex must be built in the worker)."""
+    also by :func:`build_constraint` where the backend's encoding is a cheap ``json.dumps``
+    (not ``encodes_in_worker``: Outlines' regex must be built in the worker)."""
 
     @property
     def schema(self) -> dict[str, Any] | None:
@@ -72,10 +126,6 @@ class Constraint:
     def call_schema(self) -> dict[str, Any] | None:
         """The JSON Schema each tool call (``{"name": ..., "parameters": ...}``) must match."""
         return self.shape.call_schema
-
-    @property
-    def parallel_calls(self) -> bool:
-        return self.shape.multiple_calls
 
     def validate(self, text: str) -> str | None:
         """Why ``text`` is not valid content under this constraint, or None if it is.
@@ -100,19 +150,18 @@ class Constraint:
 
 
 def build_constraint(
-    request: ChatCompletionRequest,
-    *,
-    backend: str,
-    tool_call_format: ToolCallSyntax = LLAMA3_JSON,
+    request: OutputRequest, *, backend: str, syntax: ToolCallSyntax
 ) -> Constraint | None:
-    """The constraint ``request`` needs, or None when its output is unconstrained text."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown structured-output backend {backend!r}; expected {BACKENDS}")
+    """The constraint ``request`` needs, or None when its output is unconstrained text.
+
+    ``syntax`` is how the model writes tool calls (its chat format's).
+    """
+    spec = backend_named(backend)
     content, content_schema = _content(request.response_format)
     choice = request.effective_tool_choice
     tools = request.tools or []
     if choice != "none" and choice != "auto" and not tools:
-        raise BadRequestError("tool_choice requires tools", param="tool_choice")
+        raise RequestError("tool_choice requires tools", param="tool_choice")
     parameters = {t.function.name: _parameters(t) for t in tools}
 
     if choice == "none" or not tools:
@@ -122,10 +171,10 @@ def build_constraint(
         return _constraint(kind, "response_format", Shape(content, content_schema), backend)
 
     forced = choice != "auto"
-    if isinstance(choice, NamedToolChoice):
+    if not isinstance(choice, str):  # a named function
         name = choice.function.name
         if name not in parameters:
-            raise BadRequestError(
+            raise RequestError(
                 f"tool_choice names function {name!r}, which is not in tools", param="tool_choice"
             )
         parameters = {name: parameters[name]}
@@ -135,16 +184,16 @@ def build_constraint(
             "(required or a named function): the output cannot be both",
             param="response_format",
         )
-    calls = call_schema(parameters, tool_call_format)
+    calls = call_schema(parameters, syntax)
     check_schema(calls, param="tools", what="the tool-call schema built from tools")
     shape = Shape(
         content="none" if forced else content,
         content_schema=content_schema,
         call_schema=calls,
         multiple_calls=request.parallel_tool_calls is not False
-        and not isinstance(choice, NamedToolChoice)
-        and PARALLEL_CALLS[backend],
-        separator=tool_call_format.separator,
+        and isinstance(choice, str)
+        and spec.parallel_calls,
+        separator=syntax.separator,
     )
     return _constraint("tool_call" if forced else "tool_auto", "tools", shape, backend)
 
@@ -154,12 +203,13 @@ def _reject_constant(name: str) -> Any:
 
 
 def _constraint(kind: ConstraintKind, param: str, shape: Shape, backend: str) -> Constraint:
-    params = None if backend == "outlines" else encode(shape, backend)
+    spec = backend_named(backend)
+    params = None if spec.encodes_in_worker else spec.encode(shape)
     return Constraint(kind, param, shape, backend, params)
 
 
 def _content(
-    response_format: ResponseFormat | None,
+    response_format: ResponseFormatSpec | None,
 ) -> tuple[Literal["text", "object", "schema"], dict[str, Any] | None]:
     if response_format is None or response_format.type == "text":
         return "text", None
@@ -170,7 +220,7 @@ def _content(
     return "schema", schema
 
 
-def _parameters(tool: Tool) -> dict[str, Any]:
+def _parameters(tool: ToolSpec) -> dict[str, Any]:
     params = tool.function.parameters
     if params is None:
         return EMPTY_PARAMETERS

@@ -40,7 +40,7 @@ consequences, checked in the tests by driving the real index with token ids:
   DFA is never in an accepting state.
 
 Building an Outlines regex can take unbounded time and memory (one JSONSchemaBench schema makes
-``build_regex_from_schema`` allocate 20 GB), so for Outlines :func:`encode` runs only in the
+``build_regex_from_schema`` allocate 20 GB), so for Outlines :func:`outlines` runs only in the
 compile worker, never in the server process. The other encodings are a ``json.dumps``.
 """
 
@@ -54,19 +54,7 @@ from vllm.sampling_params import StructuredOutputsParams
 
 from grammars.shape import Shape
 
-__all__ = [
-    "BACKENDS",
-    "FREE_TEXT",
-    "PARALLEL_CALLS",
-    "WHITESPACE",
-    "encode",
-    "outlines_regex",
-]
-
-BACKENDS = ("outlines", "xgrammar", "guidance")
-
-PARALLEL_CALLS = {"outlines": False, "xgrammar": True, "guidance": True}
-"""Whether the backend can enforce several calls in one answer (see the module docstring)."""
+__all__ = ["FREE_TEXT", "WHITESPACE", "check_shape", "guidance", "outlines", "xgrammar"]
 
 WHITESPACE = r"[ ]?"
 """Between JSON tokens: one optional space, enough for both compact and ``json.dumps`` style."""
@@ -77,28 +65,19 @@ FREE_TEXT = r"\s*[^{\s][\s\S]*"
 """Text with a non-space character, the first of which is not ``{``."""
 
 
-def encode(shape: Shape, backend: str) -> StructuredOutputsParams:
-    """vLLM's structured-output parameters that make ``backend`` enforce ``shape``."""
+def check_shape(shape: Shape) -> None:
+    """Refuse a shape that needs no constraint or allows nothing (a caller's bug)."""
     if shape.content == "text" and shape.call_schema is None:
         raise ValueError("free text without tool calls needs no constraint")
     if shape.content == "none" and shape.call_schema is None:
         raise ValueError("a shape must allow content or tool calls")
-    if backend == "outlines":
-        return StructuredOutputsParams(regex=outlines_regex(shape))
-    if backend == "xgrammar":
-        if shape.call_schema is not None:
-            return StructuredOutputsParams(structural_tag=json.dumps(_structural_tag(shape)))
-        if shape.content == "object":
-            return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
-        return StructuredOutputsParams(json=shape.content_schema, disable_any_whitespace=True)
-    if backend == "guidance":
-        if shape.call_schema is not None:
-            return StructuredOutputsParams(grammar=_lark(shape))
-        return StructuredOutputsParams(json=_llg_schema(shape.content_schema or _ANY_OBJECT))
-    raise ValueError(f"unknown structured-output backend {backend!r}; expected one of {BACKENDS}")
 
 
 # ---------------------------------------------------------------- outlines
+
+
+def outlines(shape: Shape) -> StructuredOutputsParams:
+    return StructuredOutputsParams(regex=outlines_regex(shape))
 
 
 def outlines_regex(shape: Shape) -> str:
@@ -111,7 +90,7 @@ def outlines_regex(shape: Shape) -> str:
     elif shape.content == "schema":
         parts.append(_schema_regex(shape.content_schema))
     if shape.call_schema is not None:
-        parts.append(_schema_regex(shape.call_schema))  # one call: PARALLEL_CALLS["outlines"]
+        parts.append(_schema_regex(shape.call_schema))  # one call: no parallel_calls
     return parts[0] if len(parts) == 1 else "|".join(f"({p})" for p in parts)
 
 
@@ -164,6 +143,14 @@ def _unenforced(schema: Any) -> set[str]:
 # ---------------------------------------------------------------- xgrammar
 
 
+def xgrammar(shape: Shape) -> StructuredOutputsParams:
+    if shape.call_schema is not None:
+        return StructuredOutputsParams(structural_tag=json.dumps(_structural_tag(shape)))
+    if shape.content == "object":
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    return StructuredOutputsParams(json=shape.content_schema, disable_any_whitespace=True)
+
+
 def _structural_tag(shape: Shape) -> dict[str, Any]:
     elements = []
     if shape.content == "text":
@@ -199,6 +186,12 @@ _LLG_OPTIONS = {
     "key_separator": f":{WHITESPACE}",
     "coerce_one_of": True,
 }
+
+
+def guidance(shape: Shape) -> StructuredOutputsParams:
+    if shape.call_schema is not None:
+        return StructuredOutputsParams(grammar=_lark(shape))
+    return StructuredOutputsParams(json=_llg_schema(shape.content_schema or _ANY_OBJECT))
 
 
 def _lark(shape: Shape) -> str:

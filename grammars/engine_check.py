@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import Any
+
+from vllm.config.structured_outputs import StructuredOutputsConfig
+from vllm.sampling_params import SamplingParams, StructuredOutputsParams, check_json_nesting
+from vllm.tokenizers import get_tokenizer
+from vllm.v1.structured_output.request import get_structured_output_key
+
+from grammars.backends import backend
 
 __all__ = ["EngineCheck"]
 
@@ -25,82 +31,34 @@ __all__ = ["EngineCheck"]
 class EngineCheck:
     """vLLM's structured-output backend for one tokenizer, outside the engine."""
 
-    def __init__(self, backend: str, tokenizer: str, vocab_size: int | None = None) -> None:
+    def __init__(self, name: str, tokenizer: str, vocab_size: int | None = None) -> None:
         # The worker is killed from outside on timeout; vLLM's own thread-based regex timeout
         # (5 s by default) would only add a second, shorter limit and leave a thread running.
         os.environ["VLLM_REGEX_COMPILATION_TIMEOUT_S"] = "0"
-        from vllm.config.structured_outputs import StructuredOutputsConfig
-        from vllm.tokenizers import get_tokenizer
-
-        self.name = backend
+        self.spec = backend(name)
         self.tokenizer = get_tokenizer(tokenizer)
         config = SimpleNamespace(
             structured_outputs_config=StructuredOutputsConfig(
-                backend=backend, disable_any_whitespace=backend != "outlines"
+                backend=name, **self.spec.engine_options
             ),
             speculative_config=None,
             model_config=SimpleNamespace(hf_config=SimpleNamespace(model_type="")),
         )
         size = vocab_size or len(self.tokenizer)
-        self.backend = _backend_class(backend)(config, tokenizer=self.tokenizer, vocab_size=size)
-        if backend == "outlines":
-            self.backend.cache = {}  # never vLLM's on-disk cache, which other processes share
+        engine_class = self.spec.load("engine_class")
+        self.backend = engine_class(config, tokenizer=self.tokenizer, vocab_size=size)
+        self.spec.forget(self.backend)
+        self.validate = self.spec.load("validator")
         self.bitmask = self.backend.allocate_token_bitmask(1)
 
-    def check(self, params: Any) -> None:
+    def check(self, params: StructuredOutputsParams) -> None:
         """Raise (any exception, with vLLM's message) if the engine could not use ``params``."""
-        from vllm.sampling_params import SamplingParams
-        from vllm.v1.structured_output.request import get_structured_output_key
-
-        _validate(self.name, SamplingParams(structured_outputs=params))
+        check_json_nesting(params.json)
+        check_json_nesting(params.structural_tag, structural_tag=True)
+        self.validate(SamplingParams(structured_outputs=params))
         request_type, spec = get_structured_output_key(params)
         try:
             grammar = self.backend.compile_grammar(request_type, spec)
             grammar.fill_bitmask(self.bitmask, 0)
         finally:
-            self._clear_caches()
-
-    def _clear_caches(self) -> None:
-        if self.name == "outlines":
-            self.backend.cache.clear()
-        elif self.name == "xgrammar":
-            self.backend.compiler.clear_cache()
-
-
-def _backend_class(name: str) -> type:
-    if name == "outlines":
-        from vllm.v1.structured_output.backend_outlines import OutlinesBackend
-
-        return OutlinesBackend
-    if name == "xgrammar":
-        from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
-
-        return XgrammarBackend
-    if name == "guidance":
-        from vllm.v1.structured_output.backend_guidance import GuidanceBackend
-
-        return GuidanceBackend
-    raise ValueError(f"unknown structured-output backend {name!r}")
-
-
-def _validate(name: str, params: Any) -> None:
-    """vLLM's frontend checks for ``name`` (``SamplingParams._validate_structured_outputs``)."""
-    from vllm.sampling_params import check_json_nesting
-
-    so = params.structured_outputs
-    check_json_nesting(so.json)
-    check_json_nesting(so.structural_tag, structural_tag=True)
-    if name == "outlines":
-        from vllm.v1.structured_output.backend_outlines import (
-            validate_structured_output_request_outlines,
-        )
-
-        validate_structured_output_request_outlines(params)
-    elif name == "xgrammar":
-        from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
-
-        validate_xgrammar_grammar(params)
-    else:
-        from vllm.v1.structured_output.backend_guidance import validate_guidance_grammar
-
-        validate_guidance_grammar(params, tokenizer=None)
+            self.spec.forget(self.backend)

@@ -5,9 +5,9 @@ Schema) and which tool calls (a schema for one call, one or several calls). Ever
 encodes the same shape in its own syntax (:mod:`grammars.encode`), so the backends differ in
 spelling only, never in what they accept.
 
-A tool call is the Llama 3.1 JSON shape ``{"name": "<tool>", "parameters": {...}}``. The
-spelling (key names, separator between parallel calls) comes from a :class:`ToolCallSyntax`
-chosen by the model's chat format; nothing here is specific to one model family.
+A tool call is one JSON object ``{<name key>: "<tool>", <arguments key>: {...}}``, as Llama 3.1
+writes them. The spelling (key names, separator between parallel calls) comes from the
+model's chat format as a :class:`ToolCallSyntax`; nothing here is specific to one model family.
 """
 
 from __future__ import annotations
@@ -16,16 +16,9 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from grammars.limits import schema_entries
+from grammars.schema_checks import schema_entries
 
-__all__ = [
-    "EMPTY_PARAMETERS",
-    "LLAMA3_JSON",
-    "JsonToolCalls",
-    "Shape",
-    "ToolCallSyntax",
-    "call_schema",
-]
+__all__ = ["EMPTY_PARAMETERS", "Shape", "ToolCallSyntax", "call_schema"]
 
 EMPTY_PARAMETERS: dict[str, Any] = {
     "type": "object",
@@ -35,29 +28,14 @@ EMPTY_PARAMETERS: dict[str, Any] = {
 """A tool without ``parameters`` takes no arguments (OpenAI: "omitting parameters defines a
 function with an empty parameter list")."""
 
-# Keywords whose values are data, not subschemas: a "$ref" inside them is not a reference.
-
 
 class ToolCallSyntax(Protocol):
-    """How a model family writes tool calls as JSON; the tool-call parser reads the same."""
+    """How a model family writes tool calls as JSON (its chat format's ``tool_calls``)."""
 
     name_key: str
     arguments_key: str
     separator: str
     """Between parallel calls in one message."""
-
-
-@dataclass(frozen=True, slots=True)
-class JsonToolCalls:
-    """One JSON object per call, ``{name_key: <tool>, arguments_key: {...}}``."""
-
-    name_key: str = "name"
-    arguments_key: str = "parameters"
-    separator: str = "; "
-
-
-LLAMA3_JSON = JsonToolCalls()
-"""Llama 3.1's JSON tool calls (SmolLM2 is prompted to use the same)."""
 
 
 @dataclass(frozen=True, slots=True)

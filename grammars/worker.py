@@ -196,7 +196,8 @@ def _serve(
 ) -> None:
     """The worker's main loop: load once, then answer ``(job, shape)`` until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the worker stops
-    from grammars.encode import encode
+    # Only the worker loads vLLM's backend and the grammar library (the parent imports this
+    # module for CompileWorker).
     from grammars.engine_check import EngineCheck
 
     try:
@@ -214,7 +215,7 @@ def _serve(
         start = time.perf_counter()
         params, error = None, None
         try:
-            params = encode(shape, backend)
+            params = check.spec.encode(shape)
             if params.regex is not None and len(params.regex) > MAX_REGEX_CHARS:
                 raise ValueError(f"its regex has {len(params.regex)} characters")
             check.check(params)

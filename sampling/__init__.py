@@ -1,5 +1,5 @@
 """Request fields to engine sampling parameters, in one place."""
 
-from sampling.params import DEFAULTS, to_sampling_params
+from sampling.params import DEFAULTS, SamplingRequest, to_sampling_params
 
-__all__ = ["DEFAULTS", "to_sampling_params"]
+__all__ = ["DEFAULTS", "SamplingRequest", "to_sampling_params"]

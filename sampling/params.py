@@ -6,15 +6,13 @@ that sends no temperature gets 1.0 on every model, as with OpenAI and Cerebras.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-from server.protocol import ChatCompletionRequest
-
-__all__ = ["DEFAULTS", "to_sampling_params"]
+__all__ = ["DEFAULTS", "SamplingRequest", "to_sampling_params"]
 
 DEFAULTS: dict[str, Any] = {
     "n": 1,
@@ -30,8 +28,44 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class SamplingRequest(Protocol):
+    """The request fields read here (None: the default), as the server's request models have
+    them; sampling does not import the server."""
+
+    @property
+    def n(self) -> int | None: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def top_k(self) -> int | None: ...
+    @property
+    def min_p(self) -> float | None: ...
+    @property
+    def frequency_penalty(self) -> float | None: ...
+    @property
+    def presence_penalty(self) -> float | None: ...
+    @property
+    def repetition_penalty(self) -> float | None: ...
+    @property
+    def min_tokens(self) -> int | None: ...
+    @property
+    def ignore_eos(self) -> bool | None: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def stop_list(self) -> list[str]: ...
+    @property
+    def logprobs(self) -> bool | None: ...
+    @property
+    def top_logprobs(self) -> int | None: ...
+    @property
+    def logit_bias(self) -> Mapping[str, float] | None: ...
+
+
 def to_sampling_params(
-    request: ChatCompletionRequest,
+    request: SamplingRequest,
     *,
     max_tokens: int,
     stop_token_ids: Iterable[int],
@@ -62,7 +96,7 @@ def to_sampling_params(
     )
 
 
-def _get(request: ChatCompletionRequest, key: str, default: Any) -> Any:
+def _get(request: SamplingRequest, key: str, default: Any) -> Any:
     value = getattr(request, key)
     if key == "top_k" and value == -1:
         return 0  # OpenAI-style "all tokens"

@@ -15,23 +15,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.admission import Admission
-from server.auth import ApiKeys
-from server.control import RequestControl
+from grammars import GrammarError
 from server.errors import (
     APIError,
     BadRequestError,
-    FailedGenerationError,
     InternalError,
+    MethodNotAllowedError,
     NotFoundError,
+    from_library,
 )
-from server.gate import Gate, request_record
+from server.http.admission import Admission
+from server.http.auth import ApiKeys
+from server.http.control import RequestControl
+from server.http.gate import Gate, request_record
+from server.http.openapi import document_api
+from server.http.ratelimit import RateLimiter
+from server.http.request_limits import RequestLimits
+from server.http.routes import router
 from server.lifecycle import Lifecycle, watch_engines
-from server.limits import RequestLimits
-from server.metrics import count_failed_generation, count_rejected, rejection_reason, watch_pool
-from server.openapi import document_api
-from server.ratelimit import RateLimiter
-from server.routes import router
+from server.metrics import watch_pool
 from server.settings import Settings
 
 __all__ = ["create_app", "error_response"]
@@ -95,6 +97,7 @@ def create_app(load_service: Callable[[], Any], settings: Settings | None = None
     document_api(app)  # error envelopes and the event stream in /openapi.json
     app.add_middleware(Gate, keys=keys, lifecycle=lifecycle, metrics_public=settings.metrics_public)
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(GrammarError, _library_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -126,29 +129,26 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+def _answer(request: Request, error: APIError) -> JSONResponse:
+    request_record(request).note_error(error)
+    return error_response(error)
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    _count(request, exc)
-    return error_response(exc)
+    return _answer(request, exc)
 
 
-def _count(request: Request, error: APIError) -> None:
-    """Every refused request by reason; failed JSON generations per model."""
-    record = request_record(request)
-    record.fields["error"] = error.code
-    if isinstance(error, FailedGenerationError):
-        count_failed_generation(str(record.fields.get("model", "")))
-    reason = rejection_reason(error)
-    if reason is not None:
-        count_rejected(reason)
+async def _library_error(request: Request, exc: Exception) -> JSONResponse:
+    """What ``grammars`` raised about the request, as the client-visible error."""
+    assert isinstance(exc, GrammarError)
+    return _answer(request, from_library(exc))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 becomes OpenAI's 400, naming the first offending parameter."""
     assert isinstance(exc, RequestValidationError)
-    error = validation_to_api_error(exc.errors())
-    _count(request, error)
-    return error_response(error)
+    return _answer(request, validation_to_api_error(exc.errors()))
 
 
 def validation_to_api_error(errors: Any) -> BadRequestError:
@@ -178,21 +178,18 @@ def _param_path(loc: list[Any]) -> str:
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (no route, wrong method, an unreadable body) in our envelope."""
     assert isinstance(exc, StarletteHTTPException)
+    error: APIError
     if exc.status_code == 404:
-        err: APIError = NotFoundError(f"Unknown path: {request.url.path}", code="not_found")
-        _count(request, err)
-        return error_response(err)
-    count_rejected("bad_request" if exc.status_code < 500 else "unavailable")
-    body = {
-        "error": {
-            "message": str(exc.detail),
-            "type": "invalid_request_error",
-            "param": None,
-            "code": None,
-        }
-    }
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        error = NotFoundError(f"Unknown path: {request.url.path}", code="not_found")
+    elif exc.status_code == 405:
+        error = MethodNotAllowedError(str(exc.detail), headers=exc.headers)
+    elif exc.status_code < 500:
+        error = BadRequestError(str(exc.detail), headers=exc.headers)
+    else:
+        error = InternalError(str(exc.detail))
+    return _answer(request, error)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,6 @@
-"""``python -m server`` / ``llama-serve``: serve (default), ``bench``, or ``build-model``.
+"""``python -m server`` / ``llama-serve``: serve (default) or ``build-model``.
+
+The load benchmark is its own program, ``python -m benchmarks``.
 
 The flags are generated from ``Settings``: every setting's docstring is its ``--help`` text and
 every flag has an environment twin, ``LLAMA_SERVE_<NAME>``.
@@ -11,9 +13,18 @@ import logging
 import os
 import sys
 import time
-from typing import Any, get_args, get_origin
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
+import uvicorn
+
+from server.lifecycle import GracefulServer
+from server.logs import setup_logging
+from server.models.config import CONFIG_DIR, load_model_config
+from server.models.store import ensure_model
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.chat.service import ChatService
 
 __all__ = ["build_parser", "load_service", "main"]
 
@@ -24,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama-serve",
         description="Cerebras- and OpenAI-compatible Chat Completions server on vLLM. "
-        "Subcommands: 'bench ...' (load benchmark), 'build-model NAME' (prepare weights only).",
+        "Subcommand: 'build-model NAME' (prepare weights only). The load benchmark is "
+        "'python -m benchmarks'.",
     )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -51,13 +63,13 @@ def settings_from_args(argv: list[str]) -> Settings:
     return Settings(**given)
 
 
-def load_service(settings: Settings) -> Any:
+def load_service(settings: Settings) -> ChatService:
     """Fetch or build each model, start its engine, and wrap them in a ChatService."""
-    from server.engine import Engine
-    from server.model_pool import ModelPool, ServedModel
-    from server.model_store import ensure_model
-    from server.registry import CONFIG_DIR, load_model_config
-    from server.service import ChatService
+    # vLLM takes seconds to import: `--help` and `build-model` do without it.
+    from grammars import GrammarCompiler
+    from server.chat.service import ChatService
+    from server.models.engine import Engine
+    from server.models.pool import ModelPool, ServedModel
 
     config_dir = settings.config or CONFIG_DIR
     # The engine compiles each grammar again with its own limit (5 s by default); what passed
@@ -82,37 +94,26 @@ def load_service(settings: Settings) -> Any:
         )
         # The grammar worker loads its vocabulary while the engine loads (seconds for SmolLM2,
         # tens of seconds for Llama's 128k tokens); the app's start-up waits for both.
-        grammar = _grammar_compiler(settings, path)
+        grammar = GrammarCompiler(
+            path,  # the folder vLLM loads the tokenizer from
+            backend=settings.structured_output_backend,
+            timeout=settings.grammar_timeout,
+            cache_size=settings.grammar_cache_size,
+        )
         grammar.spawn()
         try:
             engine = Engine(config, path, structured_backend=settings.structured_output_backend)
         except BaseException:
             grammar.close()
             raise
-        model = ServedModel(config, engine, created=int(time.time()))
-        model.grammar = grammar
-        served.append(model)
+        served.append(ServedModel(config, engine, grammar=grammar, created=int(time.time())))
     return ChatService(ModelPool(served), grammar_backend=settings.structured_output_backend)
-
-
-def _grammar_compiler(settings: Settings, model_path: str) -> Any:
-    from grammars import GrammarCompiler
-
-    return GrammarCompiler(
-        model_path,  # the folder vLLM loads the tokenizer from
-        backend=settings.structured_output_backend,
-        timeout=settings.grammar_timeout,
-        cache_size=settings.grammar_cache_size,
-    )
 
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM (drain, then exit 0) or an engine death (exit 1)."""
-    import uvicorn
-
+    # The app imports vLLM (seconds): only when serving.
     from server.app import create_app
-    from server.lifecycle import GracefulServer
-    from server.logs import setup_logging
 
     setup_logging(settings.log_level)
     keys = len(settings.api_key) + (settings.api_key_file is not None)
@@ -151,9 +152,6 @@ def serve(settings: Settings) -> None:
 
 def build_model(argv: list[str]) -> None:
     """Prepare a model's files in the cache without serving it (CI warm-up, Docker builds)."""
-    from server.model_store import ensure_model
-    from server.registry import load_model_config
-
     settings = settings_from_args([])
     for name in argv or settings.model_list():
         started = time.monotonic()
@@ -164,10 +162,6 @@ def build_model(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if argv[:1] == ["bench"]:
-        from benchmarks.cli import main as bench_main
-
-        sys.exit(bench_main(argv[1:]))
     if argv[:1] == ["build-model"]:
         build_model(argv[1:])
         return

@@ -1,28 +1,41 @@
 """One exception hierarchy for every error a client can see.
 
-Each class carries its HTTP status and OpenAI error ``type``; ``server.app`` maps them to the
-``{"error": {...}}`` envelope in one handler, and a stream renders the same body as a data event.
+Each class carries its HTTP status, OpenAI error ``type``, default ``code`` and the ``reason``
+it is counted under in ``llama_serve_rejected_requests_total`` (None: not a rejection). The
+app maps them to the ``{"error": {...}}`` envelope in one handler (``server.app``), a stream
+renders the same body as a data event, and the libraries' own errors (``grammars``) become
+these classes in :func:`from_library`, the one place that knows both.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import grammars
+
 __all__ = [
+    "REJECTION_REASONS",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BodyTimeoutError",
     "ContentTooLargeError",
+    "DrainingError",
     "EngineDeadError",
+    "EngineFailedError",
     "FailedGenerationError",
+    "HeadersTooLargeError",
     "InternalError",
+    "MethodNotAllowedError",
     "ModelNotFoundError",
     "NotFoundError",
     "OverloadedError",
+    "RateLimitedError",
     "RequestTimeoutError",
     "SchemaError",
     "ServiceUnavailableError",
     "UnsupportedError",
+    "from_library",
 ]
 
 
@@ -30,6 +43,9 @@ class APIError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "api_error"
     default_code: ClassVar[str | None] = None
+    reason: ClassVar[str | None] = None
+    """The rejection reason it is counted under; None for server errors and failed
+    generations (which have their own counter)."""
 
     def __init__(
         self,
@@ -55,6 +71,7 @@ class APIError(Exception):
 class BadRequestError(APIError):
     status = 400
     type = "invalid_request_error"
+    reason = "bad_request"
 
 
 class UnsupportedError(BadRequestError):
@@ -73,20 +90,30 @@ class FailedGenerationError(BadRequestError):
     """Cerebras: JSON mode output that does not parse or validate; carries the text."""
 
     default_code = "json_validate_failed"
+    reason = None
 
     def __init__(self, message: str, *, failed_generation: str, param: str) -> None:
         super().__init__(message, param=param, failed_generation=failed_generation)
+
+
+class BodyTimeoutError(BadRequestError):
+    """The request body arrived too slowly (a client holding a connection)."""
+
+    status = 408
+    default_code = "body_timeout"
 
 
 class AuthenticationError(APIError):
     status = 401
     type = "authentication_error"
     default_code = "invalid_api_key"
+    reason = "auth"
 
 
 class NotFoundError(APIError):
     status = 404
     type = "not_found_error"
+    reason = "not_found"
 
 
 class ModelNotFoundError(NotFoundError):
@@ -94,16 +121,37 @@ class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
 
+class MethodNotAllowedError(APIError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+    reason = "bad_request"
+
+
 class ContentTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"
     default_code = "request_too_large"
+    reason = "too_large"
+
+
+class HeadersTooLargeError(ContentTooLargeError):
+    status = 431
+    default_code = "headers_too_large"
 
 
 class OverloadedError(APIError):
     status = 429
     type = "rate_limit_error"
     default_code = "queue_full"
+    reason = "overloaded"
+
+
+class RateLimitedError(OverloadedError):
+    """An API key over its requests-per-day or tokens-per-minute limit."""
+
+    default_code = "rate_limit_exceeded"
+    reason = "rate_limited"
 
 
 class InternalError(APIError):
@@ -112,17 +160,67 @@ class InternalError(APIError):
     default_code = "internal_error"
 
 
+class EngineFailedError(InternalError):
+    """The engine ended a request on its own (vLLM's ``abort`` or ``error``)."""
+
+    default_code = "engine_error"
+
+
 class ServiceUnavailableError(APIError):
     status = 503
     type = "api_error"
     default_code = "service_unavailable"
+    reason = "unavailable"
+
+
+class DrainingError(ServiceUnavailableError):
+    default_code = "draining"
+    reason = "draining"
 
 
 class EngineDeadError(ServiceUnavailableError):
     default_code = "engine_dead"
+    reason = "engine_dead"
 
 
 class RequestTimeoutError(APIError):
     status = 504
     type = "api_error"
     default_code = "request_timeout"
+    reason = "timeout"
+
+
+REJECTION_REASONS = tuple(
+    dict.fromkeys(
+        cls.reason
+        for cls in (
+            AuthenticationError,
+            OverloadedError,
+            RateLimitedError,
+            DrainingError,
+            EngineDeadError,
+            ServiceUnavailableError,
+            RequestTimeoutError,
+            BadRequestError,
+            NotFoundError,
+            ContentTooLargeError,
+        )
+        if cls.reason is not None
+    )
+)
+"""Every reason a request is counted as rejected under (a series exists before the first)."""
+
+_LIBRARY_ERRORS: dict[type[Exception], type[APIError]] = {
+    grammars.SchemaError: SchemaError,
+    grammars.UnsupportedError: UnsupportedError,
+    grammars.RequestError: BadRequestError,
+    grammars.CompilerUnavailableError: ServiceUnavailableError,
+}
+
+
+def from_library(exc: grammars.GrammarError) -> APIError:
+    """The client-visible error for an error that a library raised about a request."""
+    for kind, api_error in _LIBRARY_ERRORS.items():
+        if isinstance(exc, kind):
+            return api_error(str(exc), param=exc.param)
+    return InternalError(str(exc))

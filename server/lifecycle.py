@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any, Literal
 
 import uvicorn
+from sse_starlette.sse import AppStatus
 
 __all__ = ["GracefulServer", "Lifecycle", "watch_engines"]
 
@@ -114,8 +115,6 @@ class GracefulServer(uvicorn.Server):
     """uvicorn with the signal handling above."""
 
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
-        from sse_starlette.sse import AppStatus
-
         super().__init__(config)
         self.lifecycle = lifecycle
         self._loop: asyncio.AbstractEventLoop | None = None

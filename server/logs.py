@@ -35,7 +35,7 @@ class JsonFormatter(logging.Formatter):
 
 def _unfinished_is_a_warning(record: logging.LogRecord) -> bool:
     """uvicorn calls a response the app did not finish an error; here only a stream whose
-    client stopped reading ends that way, after its own warning (server.routes)."""
+    client stopped reading ends that way, after its own warning (server.http.routes)."""
     if record.msg == "ASGI callable returned without completing response.":
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.msg = "connection closed with its response unfinished"

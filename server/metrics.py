@@ -24,41 +24,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_lat
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.errors import (
-    APIError,
-    AuthenticationError,
-    BadRequestError,
-    ContentTooLargeError,
-    EngineDeadError,
-    FailedGenerationError,
-    NotFoundError,
-    OverloadedError,
-    RequestTimeoutError,
-    ServiceUnavailableError,
-)
+from server.errors import REJECTION_REASONS, APIError, FailedGenerationError
 
-__all__ = [
-    "REJECTION_REASONS",
-    "count_failed_generation",
-    "count_rejected",
-    "count_response",
-    "rejection_reason",
-    "render_metrics",
-    "watch_pool",
-]
-
-REJECTION_REASONS = (
-    "auth",
-    "overloaded",
-    "rate_limited",
-    "draining",
-    "engine_dead",
-    "unavailable",
-    "timeout",
-    "bad_request",
-    "not_found",
-    "too_large",
-)
+__all__ = ["count_error", "count_response", "render_metrics", "watch_pool"]
 
 _REJECTED = Counter(
     "llama_serve_rejected_requests",
@@ -79,38 +47,17 @@ for _reason in REJECTION_REASONS:  # a series exists (at 0) before the first rej
     _REJECTED.labels(_reason)
 
 
-def count_rejected(reason: str) -> None:
-    _REJECTED.labels(reason).inc()
-
-
-def count_failed_generation(model: str) -> None:
-    """One JSON-mode output that failed validation for ``model``."""
-    _FAILED_GENERATIONS.labels(model).inc()
+def count_error(error: APIError, model: str | None = None) -> None:
+    """One error a client was answered with: a rejection under its class's reason, or a
+    JSON-mode output of ``model`` that failed validation."""
+    if error.reason is not None:
+        _REJECTED.labels(error.reason).inc()
+    if isinstance(error, FailedGenerationError):
+        _FAILED_GENERATIONS.labels(model or "").inc()
 
 
 def count_response(status: int) -> None:
     _RESPONSES.labels(str(status)).inc()
-
-
-def rejection_reason(error: APIError) -> str | None:
-    """The rejection reason an error is counted under; None for server errors and failed
-    generations (which have their own counter)."""
-    if isinstance(error, FailedGenerationError):
-        return None
-    if isinstance(error, OverloadedError):
-        return "rate_limited" if error.code == "rate_limit_exceeded" else "overloaded"
-    if isinstance(error, EngineDeadError):
-        return "engine_dead"
-    if isinstance(error, ServiceUnavailableError):
-        return "draining" if error.code == "draining" else "unavailable"
-    kinds: list[tuple[type[APIError], str]] = [
-        (AuthenticationError, "auth"),
-        (RequestTimeoutError, "timeout"),
-        (ContentTooLargeError, "too_large"),
-        (NotFoundError, "not_found"),
-        (BadRequestError, "bad_request"),
-    ]
-    return next((reason for kind, reason in kinds if isinstance(error, kind)), None)
 
 
 class _PoolCollector(Collector):
@@ -132,7 +79,7 @@ class _PoolCollector(Collector):
             labels=["model_name"],
         )
         for model in self.pool:
-            unfinished.add_metric([model.id], model.engine.stats().running)
+            unfinished.add_metric([model.id], model.engine.unfinished_requests)
             if self.admission is not None:
                 admitted.add_metric([model.id], self.admission.held(model.id))
         yield unfinished

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     """Prompt plus completion tokens per API key per minute (none: unlimited); once used up,
     429 until the minute ends. Adds Cerebras's x-ratelimit-*-tokens-minute headers."""
 
-    # Request limits, checked before parsing (server/limits.py). See README "Limits".
+    # Request limits, checked before parsing (server/http/request_limits.py). See README "Limits".
     max_request_bytes: int = Field(default=4 * 2**20, ge=1024)
     """Largest request body in bytes (default 4 MiB); a larger one gets 413."""
     max_header_bytes: int = Field(default=64 * 2**10, ge=1024)

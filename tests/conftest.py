@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 # --soak-requests and the other sizes of the reliability tests:
-from tests.reliability_options import pytest_addoption, pytest_configure  # noqa: F401
-from tests.serverproc import ServerProcess, start_server
+from tests.support.reliability_options import pytest_addoption, pytest_configure  # noqa: F401
+from tests.support.serverproc import ServerProcess, start_server
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[ServerProcess]:

@@ -21,7 +21,7 @@ import pytest
 
 from benchmarks.cli import main as bench_main
 from benchmarks.servers import THEIRS_CMD, ManagedServer, format_command, free_port
-from tests.serverproc import model_dir
+from tests.support.serverproc import model_dir
 
 pytestmark = pytest.mark.e2e
 

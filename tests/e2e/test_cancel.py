@@ -8,8 +8,8 @@ import socket
 import httpx
 import pytest
 
-from tests.probes import engine_requests, wait_until
-from tests.sse import sse_data
+from tests.support.probes import engine_requests, wait_until
+from tests.support.sse import sse_data
 
 pytestmark = pytest.mark.e2e
 

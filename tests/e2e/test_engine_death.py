@@ -11,9 +11,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.probes import engine_requests, health_once_not_ok, wait_until
-from tests.serverproc import ServerProcess, start_server
-from tests.sse import sse_data
+from tests.support.probes import engine_requests, health_once_not_ok, wait_until
+from tests.support.serverproc import ServerProcess, start_server
+from tests.support.sse import sse_data
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.chat_formats import encode_segments, get_chat_format
-from server.protocol import ChatMessage, Tool
+from server.chat.protocol import ChatMessage, Tool
+from server.models.formats import encode_segments, get_chat_format
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
@@ -29,8 +29,8 @@ Request = dict[str, Any]
 def smol_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    from server.model_store import ensure_model
-    from server.registry import load_model_config
+    from server.models.config import load_model_config
+    from server.models.store import ensure_model
     from server.settings import Settings
 
     path = ensure_model(load_model_config("smollm2-135m"), Settings().cache_dir)
@@ -39,7 +39,7 @@ def smol_tokenizer() -> Any:
 
 @pytest.fixture(scope="module")
 def llama_tokenizer() -> Any:
-    from server.tiny_model import build_llama3_tokenizer
+    from server.models.tiny import build_llama3_tokenizer
 
     return build_llama3_tokenizer()
 

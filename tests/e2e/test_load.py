@@ -2,8 +2,8 @@
 
 Each test stops by itself (bounded in requests and time) and is sized for CI on two CPU cores;
 ``--soak-requests``, ``--soak-concurrency`` and ``--storm-clients`` (or their environment
-variables, see tests/reliability_options.py) run them larger. The numbers each test measures
-are printed and recorded for ``python -m tests.reliability``.
+variables, see tests/support/reliability_options.py) run them larger. The numbers each test measures
+are printed and recorded for ``python -m tests.support.reliability``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import time
 import httpx
 import pytest
 
-from tests.loadgen import KINDS, rss_mib, run_mix
-from tests.probes import engine_requests, wait_idle
-from tests.reliability_options import size
-from tests.serverproc import ServerProcess
-from tests.stats import record
+from tests.support.loadgen import KINDS, rss_mib, run_mix
+from tests.support.probes import engine_requests, wait_idle
+from tests.support.reliability_options import size
+from tests.support.serverproc import ServerProcess
+from tests.support.stats import record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 

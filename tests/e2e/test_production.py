@@ -26,10 +26,10 @@ import yaml
 from cerebras.cloud.sdk import Cerebras
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.registry import CONFIG_DIR
-from tests.path_spellings import PATH_SPELLINGS
-from tests.serverproc import ServerProcess, start_server
-from tests.sse import sse_data
+from server.models.config import CONFIG_DIR
+from tests.support.path_spellings import PATH_SPELLINGS
+from tests.support.serverproc import ServerProcess, start_server
+from tests.support.sse import sse_data
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.protocol import ChatCompletionChunk, ChatCompletionResponse
-from tests.reliability_options import size
-from tests.stats import record
+from server.chat.protocol import ChatCompletionChunk, ChatCompletionResponse
+from tests.support.reliability_options import size
+from tests.support.stats import record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 

@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.reliability_options import size
-from tests.stats import record
+from tests.support.reliability_options import size
+from tests.support.stats import record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 

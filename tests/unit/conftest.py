@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def hf_tokenizer() -> Any:
     """Llama 3's tokenizer converted to a Hugging Face fast tokenizer (about 2 s, built once)."""
-    from server.tiny_model import build_llama3_tokenizer
+    from server.models.tiny import build_llama3_tokenizer
 
     return build_llama3_tokenizer()
 
@@ -28,6 +28,6 @@ def smol_tokenizer() -> Any:
     """SmolLM2's tokenizer (49,152 tokens) from the model cache, converted first if needed."""
     from transformers import AutoTokenizer
 
-    from tests.serverproc import model_dir
+    from tests.support.serverproc import model_dir
 
     return AutoTokenizer.from_pretrained(model_dir("smollm2-135m"))

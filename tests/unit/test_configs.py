@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from server.engine import engine_args
-from server.registry import (
+from server.models.config import (
     ConfigError,
     ModelConfig,
     available_models,
     check_parallelism,
     load_model_config,
 )
+from server.models.engine import engine_args
 
 CONFIGS = available_models()
 
@@ -67,7 +67,7 @@ def test_gpu_layouts(name: str) -> None:
 
 
 def test_cpu_engine_args_size_the_kv_cache() -> None:
-    kwargs = engine_args(load_model_config("smollm2-135m"), "/m", structured_backend="x", gpu=False)
+    kwargs = engine_args(load_model_config("smollm2-135m"), "/m", structured_backend="guidance", gpu=False)
     assert kwargs["kv_cache_memory_bytes"] == 2**30
     assert "gpu_memory_utilization" not in kwargs
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from server.admission import Admission
-from server.ratelimit import RateLimiter
-from tests.unit.fakes import FakeService, chat, running, sse_events
+from server.http.admission import Admission
+from server.http.ratelimit import RateLimiter
+from tests.support.fakes import FakeService, chat, running, sse_events
 
 
 def rejected(reason: str) -> float:
@@ -39,16 +39,6 @@ def test_admission_counts_and_releases_once() -> None:
     second.release()
     assert admission.held("m") == 0
     assert admission.acquire("unknown").admission is None  # the service answers it 404
-
-
-def test_admission_slot_context_manager() -> None:
-    async def go() -> list[int]:
-        admission = Admission({"m": 1})
-        async with admission.slot("m"):
-            inside = admission.held("m")
-        return [inside, admission.held("m")]
-
-    assert asyncio.run(go()) == [1, 0]
 
 
 def test_queue_bound_gives_429_with_retry_after_and_loses_nothing_below_it() -> None:

@@ -1,4 +1,4 @@
-"""The front door (server.gate) on the real app with a scripted service: API keys on every
+"""The front door (server.http.gate) on the real app with a scripted service: API keys on every
 route, spelling and method; x-request-id; drain and engine-death refusals; the access log."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from tests.path_spellings import PATH_SPELLINGS
-from tests.unit.fakes import MODEL, chat, running, sse_events
+from tests.support.fakes import MODEL, chat, running, sse_events
+from tests.support.path_spellings import PATH_SPELLINGS
 
 KEY = "sk-test-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}

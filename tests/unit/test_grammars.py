@@ -18,11 +18,21 @@ from typing import Any
 
 import pytest
 
-from grammars import GrammarCompiler, Shape, build_constraint, schema_validator
-from grammars.encode import encode, outlines_regex
-from server.errors import BadRequestError, SchemaError, UnsupportedError
-from server.protocol import ChatCompletionRequest
-from tests.unit.loop_ticks import loop_ticks
+from grammars import (
+    BACKENDS,
+    Constraint,
+    GrammarCompiler,
+    RequestError,
+    SchemaError,
+    Shape,
+    UnsupportedError,
+    build_constraint,
+    schema_validator,
+)
+from grammars.encode import outlines_regex
+from server.chat.protocol import ChatCompletionRequest
+from server.models.formats.tool_calls import LLAMA3_JSON
+from tests.support.loop_ticks import loop_ticks
 
 WEATHER = {
     "type": "object",
@@ -41,6 +51,10 @@ def request(**fields: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], **fields)
 
 
+def constrain(request: ChatCompletionRequest, *, backend: str) -> Constraint | None:
+    return build_constraint(request, backend=backend, syntax=LLAMA3_JSON)
+
+
 def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}
 
@@ -49,13 +63,13 @@ def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_plain_text_needs_no_constraint() -> None:
-    assert build_constraint(request(), backend="outlines") is None
-    assert build_constraint(request(response_format={"type": "text"}), backend="outlines") is None
-    assert build_constraint(request(tools=TOOLS, tool_choice="none"), backend="xgrammar") is None
+    assert constrain(request(), backend="outlines") is None
+    assert constrain(request(response_format={"type": "text"}), backend="outlines") is None
+    assert constrain(request(tools=TOOLS, tool_choice="none"), backend="xgrammar") is None
 
 
 def test_json_object() -> None:
-    c = build_constraint(request(response_format={"type": "json_object"}), backend="xgrammar")
+    c = constrain(request(response_format={"type": "json_object"}), backend="xgrammar")
     assert c is not None
     assert (c.kind, c.param, c.schema, c.call_schema) == (
         "json_object",
@@ -65,13 +79,13 @@ def test_json_object() -> None:
     )
     assert c.structured_outputs.json_object is True
     # Outlines' regex is built in the worker, never in the server process.
-    c = build_constraint(request(response_format={"type": "json_object"}), backend="outlines")
+    c = constrain(request(response_format={"type": "json_object"}), backend="outlines")
     assert c is not None and c.structured_outputs is None
 
 
 def test_json_schema_keeps_the_schema() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    c = build_constraint(request(response_format=schema_format(schema)), backend="guidance")
+    c = constrain(request(response_format=schema_format(schema)), backend="guidance")
     assert c is not None and (c.kind, c.schema) == ("json_schema", schema)
     # llguidance takes its whitespace options from the schema it is given.
     sent = dict(c.structured_outputs.json)
@@ -104,7 +118,7 @@ def test_json_schema_keeps_the_schema() -> None:
 )
 def test_bad_response_format_schema(schema: dict[str, Any], message: str) -> None:
     with pytest.raises(SchemaError, match=message) as caught:
-        build_constraint(request(response_format=schema_format(schema)), backend="outlines")
+        constrain(request(response_format=schema_format(schema)), backend="outlines")
     assert caught.value.param == "response_format"
 
 
@@ -116,7 +130,7 @@ def test_recursion_that_moves_down_the_instance_is_accepted() -> None:
         "items": {"$ref": "#"},
     }
     schema = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
-    c = build_constraint(request(response_format=schema_format(schema)), backend="outlines")
+    c = constrain(request(response_format=schema_format(schema)), backend="outlines")
     assert c is not None and c.schema == schema
 
 
@@ -124,50 +138,54 @@ def test_recursion_that_moves_down_the_instance_is_accepted() -> None:
 def test_a_tool_with_a_ref_loop_is_refused_naming_the_tool(choice: str) -> None:
     tools = [*TOOLS, {"type": "function", "function": {"name": "f", "parameters": {"$ref": "#"}}}]
     with pytest.raises(SchemaError, match=r"tool 'f' has a \$ref loop") as caught:
-        build_constraint(request(tools=tools, tool_choice=choice), backend="xgrammar")
+        constrain(request(tools=tools, tool_choice=choice), backend="xgrammar")
     assert caught.value.param == "tools"
 
 
 def test_required_allows_any_tool_and_parallel_calls() -> None:
-    c = build_constraint(request(tools=TOOLS, tool_choice="required"), backend="xgrammar")
-    assert c is not None and (c.kind, c.param, c.parallel_calls) == ("tool_call", "tools", True)
+    c = constrain(request(tools=TOOLS, tool_choice="required"), backend="xgrammar")
+    assert c is not None and (c.kind, c.param, c.shape.multiple_calls) == (
+        "tool_call",
+        "tools",
+        True,
+    )
     assert c.shape.content == "none" and c.schema is None
     names = [branch["properties"]["name"]["const"] for branch in c.call_schema["anyOf"]]
     assert names == ["get_weather", "noargs"]
     no_parallel = request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
-    assert not build_constraint(no_parallel, backend="xgrammar").parallel_calls
+    assert not constrain(no_parallel, backend="xgrammar").shape.multiple_calls
     # Outlines cannot continue after an accepting state (grammars.encode): one call only.
-    c = build_constraint(request(tools=TOOLS, tool_choice="required"), backend="outlines")
-    assert not c.parallel_calls
+    c = constrain(request(tools=TOOLS, tool_choice="required"), backend="outlines")
+    assert not c.shape.multiple_calls
 
 
 def test_named_choice_allows_that_tool_once() -> None:
     choice = {"type": "function", "function": {"name": "get_weather"}}
-    c = build_constraint(request(tools=TOOLS, tool_choice=choice), backend="outlines")
-    assert c is not None and (c.kind, c.parallel_calls) == ("tool_call", False)
+    c = constrain(request(tools=TOOLS, tool_choice=choice), backend="outlines")
+    assert c is not None and (c.kind, c.shape.multiple_calls) == ("tool_call", False)
     assert c.call_schema["properties"]["name"] == {"const": "get_weather"}
 
 
 def test_named_choice_must_be_a_tool() -> None:
     choice = {"type": "function", "function": {"name": "get_time"}}
-    with pytest.raises(BadRequestError, match="get_time") as caught:
-        build_constraint(request(tools=TOOLS, tool_choice=choice), backend="outlines")
+    with pytest.raises(RequestError, match="get_time") as caught:
+        constrain(request(tools=TOOLS, tool_choice=choice), backend="outlines")
     assert caught.value.param == "tool_choice"
-    with pytest.raises(BadRequestError, match="requires tools") as caught:
-        build_constraint(request(tool_choice="required"), backend="outlines")
+    with pytest.raises(RequestError, match="requires tools") as caught:
+        constrain(request(tool_choice="required"), backend="outlines")
     assert caught.value.param == "tool_choice"
 
 
 def test_invalid_tool_parameters_name_the_tool() -> None:
     bad = [{"type": "function", "function": {"name": "f", "parameters": {"type": 1}}}]
     with pytest.raises(SchemaError, match="tool 'f'") as caught:
-        build_constraint(request(tools=bad, tool_choice="auto"), backend="xgrammar")
+        constrain(request(tools=bad, tool_choice="auto"), backend="xgrammar")
     assert caught.value.param == "tools"
 
 
 def test_response_format_conflicts_with_a_forced_call() -> None:
     with pytest.raises(UnsupportedError, match="tool_choice") as caught:
-        build_constraint(
+        constrain(
             request(tools=TOOLS, tool_choice="required", response_format={"type": "json_object"}),
             backend="outlines",
         )
@@ -175,12 +193,10 @@ def test_response_format_conflicts_with_a_forced_call() -> None:
 
 
 def test_auto_allows_content_or_calls() -> None:
-    c = build_constraint(request(tools=TOOLS), backend="outlines")
+    c = constrain(request(tools=TOOLS), backend="outlines")
     assert c is not None and (c.kind, c.shape.content, c.schema) == ("tool_auto", "text", None)
     assert c.validate("anything at all") is None
-    c = build_constraint(
-        request(tools=TOOLS, response_format={"type": "json_object"}), backend="outlines"
-    )
+    c = constrain(request(tools=TOOLS, response_format={"type": "json_object"}), backend="outlines")
     assert c is not None and (c.kind, c.schema) == ("tool_auto", {"type": "object"})
 
 
@@ -192,7 +208,7 @@ def test_tool_references_survive_embedding() -> None:
         "definitions": {"day": {"enum": ["mon", "tue"]}},
     }
     tools = [{"type": "function", "function": {"name": "plan", "parameters": params}}]
-    c = build_constraint(request(tools=tools, tool_choice="required"), backend="outlines")
+    c = constrain(request(tools=tools, tool_choice="required"), backend="outlines")
     validator = schema_validator(c.call_schema)
     good = {"name": "plan", "parameters": {"when": "mon", "next": {"when": "tue"}}}
     assert validator.is_valid(good)
@@ -237,13 +253,13 @@ class Matchers:
         import xgrammar as xgr
         from xgrammar.testing import _is_grammar_accept_string
 
-        tag = encode(shape, "xgrammar").structural_tag
+        tag = BACKENDS["xgrammar"].encode(shape).structural_tag
         return _is_grammar_accept_string(xgr.Grammar.from_structural_tag(tag), text)
 
     def guidance(self, shape: Shape, text: str) -> bool:
         import llguidance
 
-        grammar = encode(shape, "guidance").grammar
+        grammar = BACKENDS["guidance"].encode(shape).grammar
         matcher = llguidance.LLMatcher(self.llg_tokenizer, grammar, log_level=0)
         tokens = self.tokenizer.encode(text, add_special_tokens=False)
         return matcher.consume_tokens(tokens) and matcher.is_accepting() and not matcher.is_error()
@@ -311,11 +327,13 @@ def test_tool_grammars_accept_exactly_valid_answers(
     backend: str, case: str, matchers: Matchers
 ) -> None:
     fields, valid, invalid = CASES[case]
-    c = build_constraint(request(tools=TOOLS, **fields), backend=backend)
+    c = constrain(request(tools=TOOLS, **fields), backend=backend)
     validator = schema_validator(c.call_schema)
     for text in valid:
         several = c.shape.separator + "{" in text
-        assert matchers.accepts(backend, c.shape, text) == (c.parallel_calls or not several), text
+        assert matchers.accepts(backend, c.shape, text) == (
+            c.shape.multiple_calls or not several
+        ), text
         if text.startswith("{") and "name" in text:
             # Reference check: each accepted call also validates with jsonschema.
             for call in text.split(c.shape.separator):
@@ -327,14 +345,14 @@ def test_tool_grammars_accept_exactly_valid_answers(
 def test_outlines_masks_characters_split_across_tokens_in_free_text(matchers: Matchers) -> None:
     """outlines_core 0.2.14's lost edges (grammars.encode): SmolLM2 splits these characters
     into byte tokens, which free text cannot use under Outlines; the other backends can."""
-    c = build_constraint(request(tools=TOOLS), backend="outlines")
+    c = constrain(request(tools=TOOLS), backend="outlines")
     assert not matchers.accepts("outlines", c.shape, "日本語です")
     assert matchers.accepts("outlines", c.shape, "naïve café 🙂")
     assert matchers.accepts("xgrammar", c.shape, "日本語です")
 
 
 def test_json_object_regex() -> None:
-    c = build_constraint(request(response_format={"type": "json_object"}), backend="outlines")
+    c = constrain(request(response_format={"type": "json_object"}), backend="outlines")
     regex = outlines_regex(c.shape)
     # Two container levels below the top object (JSON_OBJECT_DEPTH).
     for text in ["{}", '{"a": 1}', '{"a":{"b":{"c":1}}}', '{"a": [{"b": "x", "c": null}, 2.5]}']:
@@ -357,9 +375,7 @@ def outlines_compiler(smol_tokenizer: Any) -> Any:
 
 def test_pathological_schema_times_out_and_the_compiler_recovers(outlines_compiler: Any) -> None:
     async def scenario() -> None:
-        bad = build_constraint(
-            request(response_format=schema_format(PATHOLOGICAL)), backend="outlines"
-        )
+        bad = constrain(request(response_format=schema_format(PATHOLOGICAL)), backend="outlines")
         started = time.perf_counter()
         with pytest.raises(SchemaError, match="too complex to compile within 3 s") as caught:
             await outlines_compiler.check(bad)
@@ -374,7 +390,7 @@ def test_pathological_schema_times_out_and_the_compiler_recovers(outlines_compil
         assert (outlines_compiler.hits, outlines_compiler.misses) == (hits + 1, misses)
         assert outlines_compiler.restarts == restarts
         # The compiler still works.
-        good = build_constraint(request(tools=TOOLS, tool_choice="required"), backend="outlines")
+        good = constrain(request(tools=TOOLS, tool_choice="required"), backend="outlines")
         checked = await outlines_compiler.check(good)
         assert checked.structured_outputs.regex == outlines_regex(good.shape)
 
@@ -384,9 +400,7 @@ def test_pathological_schema_times_out_and_the_compiler_recovers(outlines_compil
 def test_waiting_does_not_block_the_event_loop(outlines_compiler: Any) -> None:
     async def scenario() -> None:
         slow = {"type": "string", "pattern": "[ab]*b[ab]{21}"}
-        constraint = build_constraint(
-            request(response_format=schema_format(slow)), backend="outlines"
-        )
+        constraint = constrain(request(response_format=schema_format(slow)), backend="outlines")
         misses = outlines_compiler.misses
         async with loop_ticks(0.05) as ticks:
             results = await asyncio.gather(
@@ -402,9 +416,7 @@ def test_waiting_does_not_block_the_event_loop(outlines_compiler: Any) -> None:
 def test_a_crashed_worker_is_replaced(outlines_compiler: Any) -> None:
     async def scenario() -> None:
         slow = {"type": "string", "pattern": "[ab]*a[ab]{22}"}
-        constraint = build_constraint(
-            request(response_format=schema_format(slow)), backend="outlines"
-        )
+        constraint = constrain(request(response_format=schema_format(slow)), backend="outlines")
         await outlines_compiler.start()  # the worker a previous test restarted is ready
         pid = outlines_compiler._worker._process.pid
         check = asyncio.ensure_future(outlines_compiler.check(constraint))
@@ -412,7 +424,7 @@ def test_a_crashed_worker_is_replaced(outlines_compiler: Any) -> None:
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(SchemaError, match="ran out of memory"):
             await check
-        ok = build_constraint(request(response_format=schema_format(ANSWER)), backend="outlines")
+        ok = constrain(request(response_format=schema_format(ANSWER)), backend="outlines")
         assert (await outlines_compiler.check(ok)).structured_outputs.regex
 
     asyncio.run(scenario())
@@ -427,15 +439,13 @@ def test_other_backends_check_with_their_compilers(backend: str, smol_tokenizer:
                 {"tools": TOOLS, "tool_choice": "required"},
                 {"response_format": schema_format(WEATHER)},
             ]:
-                c = await compiler.check(build_constraint(request(**fields), backend=backend))
+                c = await compiler.check(constrain(request(**fields), backend=backend))
                 assert c.structured_outputs is not None
             backref = schema_format({"type": "string", "pattern": "(a)\\1"})
             with pytest.raises(SchemaError, match=f"cannot be enforced by the {backend}"):
-                await compiler.check(
-                    build_constraint(request(response_format=backref), backend=backend)
-                )
+                await compiler.check(constrain(request(response_format=backref), backend=backend))
             hits, misses = compiler.hits, compiler.misses
-            await compiler.check(build_constraint(request(tools=TOOLS), backend=backend))
+            await compiler.check(constrain(request(tools=TOOLS), backend=backend))
             assert (compiler.hits, compiler.misses) == (hits + 1, misses)  # a cache hit
 
     asyncio.run(scenario())

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from server.chat_formats import ChatFormat, encode_segments, get_chat_format
-from server.protocol import ChatCompletionRequest, ChatMessage, Tool
+from server.chat.protocol import ChatCompletionRequest, ChatMessage, Tool
+from server.models.formats import ChatFormat, encode_segments, get_chat_format
 
 pytestmark = pytest.mark.reliability
 
@@ -31,8 +31,8 @@ def smol_tokenizer() -> Any:
     """SmolLM2's tokenizer from the converted model folder (fetched and converted once)."""
     from transformers import AutoTokenizer
 
-    from server.model_store import ensure_model
-    from server.registry import load_model_config
+    from server.models.config import load_model_config
+    from server.models.store import ensure_model
     from server.settings import Settings
 
     path = ensure_model(load_model_config("smollm2-135m"), Settings().cache_dir)

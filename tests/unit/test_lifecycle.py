@@ -1,4 +1,4 @@
-"""Drain and engine-death logic (server.lifecycle), API keys (server.auth) and the rejection
+"""Drain and engine-death logic (server.lifecycle), API keys (server.http.auth) and the rejection
 reasons (server.metrics), without a server."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import pytest
 import uvicorn
 
 from server import errors
-from server.auth import ApiKeys, key_id
+from server.http.auth import ApiKeys, key_id
 from server.lifecycle import GracefulServer, Lifecycle, watch_engines
-from server.metrics import rejection_reason
 from server.settings import Settings
 
 
@@ -137,8 +136,8 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
     [
         (errors.AuthenticationError("x"), "auth"),
         (errors.OverloadedError("x"), "overloaded"),
-        (errors.OverloadedError("x", code="rate_limit_exceeded"), "rate_limited"),
-        (errors.ServiceUnavailableError("x", code="draining"), "draining"),
+        (errors.RateLimitedError("x"), "rate_limited"),
+        (errors.DrainingError("x"), "draining"),
         (errors.EngineDeadError("x"), "engine_dead"),
         (errors.RequestTimeoutError("x"), "timeout"),
         (errors.BadRequestError("x"), "bad_request"),
@@ -149,7 +148,7 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
     ],
 )
 def test_rejection_reasons(error: errors.APIError, reason: str | None) -> None:
-    assert rejection_reason(error) == reason
+    assert error.reason == reason
 
 
 def test_cli_flags_for_operations() -> None:

@@ -1,4 +1,5 @@
-"""Request limits (server.limits) on a stand-in app: no engine, exact statuses and envelopes."""
+"""Request limits (server.http.request_limits) on a stand-in app: no engine, exact statuses
+and envelopes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.limits import RequestLimits, json_problem
+from server.http.request_limits import RequestLimits, json_problem
 
 pytestmark = pytest.mark.reliability
 
@@ -167,7 +168,7 @@ def test_scanning_four_mebibytes_is_fast() -> None:
     ],
 )
 def test_json_depth(text: str, depth: int) -> None:
-    from server.jsonscan import json_depth
+    from server.http.jsonscan import json_depth
 
     assert json_depth(text) == depth
     assert json_depth(text.encode()) == depth

@@ -2,7 +2,7 @@
 
 Every conversation of the corpus is rendered by ``Llama3`` and encoded with the converted
 Hugging Face tokenizer, then mapped onto Meta's ``RawMessage`` types (the mapping documented
-in ``server/chat_formats/llama3.py``) and encoded by ``llama_models``' ``ChatFormat``.
+in ``server/models/formats/llama3.py``) and encoded by ``llama_models``' ``ChatFormat``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ from llama_models.datatypes import RawMessage, StopReason
 from llama_models.datatypes import ToolCall as MetaToolCall
 from llama_models.llama3.chat_format import ChatFormat as MetaChatFormat
 
-from server.chat_formats import ChatML, encode_segments, get_chat_format
-from server.chat_formats.llama3 import Llama3
-from server.chat_formats.tool_prompt import TOOL_PROMPT_FOOTER, TOOL_PROMPT_HEADER, tool_system_text
-from server.protocol import ChatMessage, Tool
+from server.chat.protocol import ChatMessage, Tool
+from server.models.formats import ChatML, encode_segments, get_chat_format
+from server.models.formats.llama3 import Llama3
+from server.models.formats.tool_prompt import (
+    TOOL_PROMPT_FOOTER,
+    TOOL_PROMPT_HEADER,
+    tool_system_text,
+)
 
 # ---------------------------------------------------------------- corpus
 

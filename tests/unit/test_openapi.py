@@ -8,8 +8,12 @@ import jsonschema
 import pytest
 
 from server.app import create_app
-from server.errors import BadRequestError, ContentTooLargeError, FailedGenerationError
-from server.limits import HeadersTooLargeError
+from server.errors import (
+    BadRequestError,
+    ContentTooLargeError,
+    FailedGenerationError,
+    HeadersTooLargeError,
+)
 
 pytestmark = pytest.mark.reliability
 

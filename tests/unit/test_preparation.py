@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from server.chat_formats import Segment, encode_segments
+from server.chat.preparation import check_prompt_size, tokenize
+from server.chat.protocol import ChatCompletionRequest
 from server.errors import BadRequestError
-from server.preparation import check_prompt_size, tokenize
-from server.protocol import ChatCompletionRequest
-from tests.unit.loop_ticks import loop_ticks
+from server.models.formats import Segment, encode_segments
+from tests.support.loop_ticks import loop_ticks
 
 MODEL = SimpleNamespace(config=SimpleNamespace(context_length=100), longest_token_bytes=4)
 

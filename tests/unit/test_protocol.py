@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.app import validation_to_api_error
-from server.protocol import ChatCompletionRequest
+from server.chat.protocol import ChatCompletionRequest
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -7,7 +7,7 @@ from typing import Any
 from vllm.sampling_params import RequestOutputKind
 
 from sampling import DEFAULTS, to_sampling_params
-from server.protocol import ChatCompletionRequest
+from server.chat.protocol import ChatCompletionRequest
 
 STOPS = (7, 8)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from safetensors import safe_open
 
-from server.tiny_model import EOS_TOKEN_IDS, TINY_DIMENSIONS, build_tiny_model, llama31_config
+from server.models.tiny import EOS_TOKEN_IDS, TINY_DIMENSIONS, build_tiny_model, llama31_config
 
 ARCHITECTURES = Path(__file__).resolve().parents[2] / "configs" / "architectures"
 

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
-from server.protocol import FunctionCall, Tool, ToolCall
-from server.tool_calls import (
-    PYTHON_TAG,
-    ParsedAnswer,
-    could_be_call_prefix,
-    format_calls,
-    parse_tool_calls,
-)
+from server.chat.protocol import FunctionCall, Tool, ToolCall
+from server.models.formats.tool_calls import LLAMA3_JSON, ParsedAnswer
+
+PYTHON_TAG = LLAMA3_JSON.tag
+parse_tool_calls = LLAMA3_JSON.parse
+format_calls = LLAMA3_JSON.format
+could_be_call_prefix = LLAMA3_JSON.could_be_prefix
 
 WEATHER = Tool(
     type="function",

@@ -1,0 +1,104 @@
+"""Engine outputs to wire objects: logprobs, usage, time_info, accumulated choices."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.chat.protocol import ChoiceLogprobs, TimeInfo, TokenLogprob, TopLogprob
+
+__all__ = ["ChoiceState", "convert_logprobs", "time_info"]
+
+
+@dataclass
+class ChoiceState:
+    """What one choice has produced so far."""
+
+    index: int
+    text: str = ""
+    num_tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def add(self, output: Any, top_logprobs: int | None, tokenizer: Any) -> tuple[str, list]:
+        """Fold one engine delta in; returns the new text and new logprob entries."""
+        self.text += output.text
+        self.num_tokens += len(output.token_ids)
+        if output.finish_reason is not None:
+            self.finish_reason = _finish_reason(output.finish_reason)
+        new_logprobs: list[TokenLogprob] = []
+        if top_logprobs is not None and output.logprobs:
+            new_logprobs = convert_logprobs(
+                output.token_ids, output.logprobs, top_logprobs, tokenizer
+            )
+            self.logprobs += new_logprobs
+        return output.text, new_logprobs
+
+
+def _finish_reason(reason: str) -> str:
+    # vLLM says "abort" or "error" for requests it ended itself; clients know only these.
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def convert_logprobs(
+    token_ids: Any, logprobs: Any, top_n: int, tokenizer: Any
+) -> list[TokenLogprob]:
+    """vLLM's per-position ``{token_id: Logprob}`` maps to OpenAI's logprobs content."""
+    entries = []
+    for token_id, candidates in zip(token_ids, logprobs, strict=False):
+        chosen = candidates[token_id]
+        top = sorted(
+            ((tid, lp) for tid, lp in candidates.items() if lp.rank is not None),
+            key=lambda item: item[1].rank,
+        )[:top_n]
+        entries.append(
+            TokenLogprob(
+                **_entry(token_id, chosen, tokenizer),
+                top_logprobs=[TopLogprob(**_entry(tid, lp, tokenizer)) for tid, lp in top],
+            )
+        )
+    return entries
+
+
+def _entry(token_id: int, logprob: Any, tokenizer: Any) -> dict[str, Any]:
+    token = logprob.decoded_token
+    if token is None:
+        token = tokenizer.decode([token_id])
+    return {
+        "token": token,
+        "logprob": max(logprob.logprob, -9999.0),  # -inf is not JSON
+        "bytes": list(token.encode("utf-8")),
+    }
+
+
+def choice_logprobs(state: ChoiceState, wanted: bool) -> ChoiceLogprobs | None:
+    return ChoiceLogprobs(content=state.logprobs) if wanted else None
+
+
+def time_info(metrics: Any, arrival_wall: float) -> TimeInfo:
+    """Cerebras's ``time_info`` from the engine's own request timestamps.
+
+    The engine core stamps queueing, scheduling and tokens on the monotonic clock; the
+    front end stamps arrival on the wall clock. ``total_time`` spans arrival to now.
+    """
+    total = time.time() - arrival_wall
+    if metrics is None or not metrics.scheduled_ts:
+        return TimeInfo(
+            queue_time=0.0,
+            prompt_time=0.0,
+            completion_time=0.0,
+            total_time=total,
+            created=arrival_wall,
+        )
+    queue = max(metrics.scheduled_ts - metrics.queued_ts, 0.0)
+    first = metrics.first_token_ts or metrics.scheduled_ts
+    prompt = max(first - metrics.scheduled_ts, 0.0)
+    completion = max((metrics.last_token_ts or first) - first, 0.0)
+    return TimeInfo(
+        queue_time=queue,
+        prompt_time=prompt,
+        completion_time=completion,
+        total_time=total,
+        created=arrival_wall,
+    )

@@ -1,0 +1,216 @@
+"""The chat completions service: a prepared request in, engine run, response or chunk stream
+out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+
+from vllm import RequestOutput
+
+from server.chat.outputs import ChoiceState, choice_logprobs, time_info
+from server.chat.preparation import Prepared, prepare
+from server.chat.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    Delta,
+    NamedToolChoice,
+    ResponseMessage,
+    TimeInfo,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
+from server.errors import FailedGenerationError, InternalError
+from server.models.pool import ModelPool
+
+__all__ = ["ChatService", "new_request_id"]
+
+
+@dataclass
+class Outcome:
+    """A finished generation: its choices, token counts and timings."""
+
+    choices: dict[int, ChoiceState]
+    prompt_tokens: int
+    timing: TimeInfo
+
+    @property
+    def usage(self) -> Usage:
+        completion = sum(c.num_tokens for c in self.choices.values())
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+        )
+
+
+class ChatService:
+    def __init__(self, pool: ModelPool, *, grammar_backend: str) -> None:
+        self.pool = pool
+        self.grammar_backend = grammar_backend
+
+    async def prepare(self, request: ChatCompletionRequest, request_id: str) -> Prepared:
+        return await prepare(
+            request, request_id, pool=self.pool, grammar_backend=self.grammar_backend
+        )
+
+    # ------------------------------------------------------------ generation
+
+    async def _run(
+        self, prep: Prepared
+    ) -> AsyncIterator[tuple[ChoiceState, str, list[TokenLogprob], RequestOutput]]:
+        """Engine deltas per choice: (state, new text, new logprobs, request output)."""
+        states: dict[int, ChoiceState] = {}
+        top = prep.request.top_logprobs or 0 if prep.request.logprobs else None
+        tokenizer = prep.model.engine.tokenizer
+        async for out in prep.model.engine.generate(prep.prompt_ids, prep.params, prep.request_id):
+            for output in out.outputs:
+                state = states.setdefault(output.index, ChoiceState(output.index))
+                text, logprobs = state.add(output, top, tokenizer)
+                yield state, text, logprobs, out
+
+    async def complete(self, prep: Prepared) -> ChatCompletionResponse:
+        states: dict[int, ChoiceState] = {}
+        last = None
+        async for state, _, _, out in self._run(prep):
+            states[state.index] = state
+            last = out
+        if last is None:
+            raise InternalError("The engine returned no output.")
+        outcome = Outcome(states, len(prep.prompt_ids), time_info(last.metrics, prep.arrival))
+        choices = [self._final_choice(prep, states[i]) for i in sorted(states)]
+        return ChatCompletionResponse(
+            id=prep.request_id,
+            created=int(prep.arrival),
+            model=prep.model.id,
+            system_fingerprint=prep.fingerprint,
+            choices=choices,
+            usage=outcome.usage,
+            time_info=outcome.timing,
+        )
+
+    def _final_choice(self, prep: Prepared, state: ChoiceState) -> Choice:
+        self._check_json(prep, state)
+        message = ResponseMessage(content=state.text)
+        finish = state.finish_reason or "stop"
+        if prep.wants_tools and finish != "length":
+            parsed = prep.model.chat_format.tool_calls.parse(
+                state.text,
+                prep.request.tools or [],
+                parallel=prep.request.parallel_tool_calls is not False,
+            )
+            if parsed.calls:
+                message = ResponseMessage(content=parsed.content, tool_calls=parsed.calls)
+                named = isinstance(prep.request.effective_tool_choice, NamedToolChoice)
+                finish = "stop" if named else "tool_calls"
+        return Choice(
+            index=state.index,
+            message=message,
+            finish_reason=finish,  # type: ignore[arg-type]
+            logprobs=choice_logprobs(state, bool(prep.request.logprobs)),
+        )
+
+    @staticmethod
+    def _check_json(prep: Prepared, state: ChoiceState) -> None:
+        """Cerebras's promise: JSON mode answers are valid JSON or a failed_generation 400."""
+        constraint = prep.constraint
+        if constraint is None or constraint.kind not in ("json_object", "json_schema"):
+            return
+        problem = constraint.validate(state.text)
+        if state.finish_reason == "length":
+            problem = problem or "the output reached max_tokens"
+        if problem:
+            raise FailedGenerationError(
+                f"The model's output is not valid JSON for the requested format: {problem}. "
+                "See failed_generation; retry with more max_tokens or clearer instructions.",
+                failed_generation=state.text,
+                param="response_format",
+            )
+
+    # ------------------------------------------------------------ streaming
+
+    async def stream(self, prep: Prepared) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """``chat.completion.chunk`` objects; an error mid-stream is raised (the caller turns
+        it into an error event)."""
+        request = prep.request
+        syntax = prep.model.chat_format.tool_calls
+        n = request.n or 1
+        held = {i: "" for i in range(n)}  # text that may still become a tool call
+        holding = dict.fromkeys(range(n), prep.wants_tools)
+        states: dict[int, ChoiceState] = {}
+        last = None
+        for i in range(n):
+            yield self._chunk(
+                prep, [ChunkChoice(index=i, delta=Delta(role="assistant", content=""))]
+            )
+        async for state, text, logprobs, out in self._run(prep):
+            states[state.index] = state
+            last = out
+            i = state.index
+            if holding[i]:
+                held[i] += text
+                if syntax.could_be_prefix(held[i]):
+                    continue
+                holding[i], text, held[i] = False, held[i], ""
+            if text or logprobs:
+                lp = choice_logprobs(ChoiceState(i, logprobs=logprobs), bool(request.logprobs))
+                yield self._chunk(
+                    prep, [ChunkChoice(index=i, delta=Delta(content=text), logprobs=lp)]
+                )
+        if last is None:
+            raise InternalError("The engine returned no output.")
+        outcome = Outcome(states, len(prep.prompt_ids), time_info(last.metrics, prep.arrival))
+        finals = []
+        for i in sorted(states):
+            finals.append(self._final_chunk_choice(prep, states[i], held[i] if holding[i] else ""))
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        # The final chunk carries finish_reason and time_info, and usage as Cerebras sends it;
+        # when the client asks for OpenAI's usage chunk, usage goes there only: clients that
+        # add up the usage of every chunk (LangChain) would count it twice.
+        usage = None if include_usage else outcome.usage
+        yield self._chunk(prep, finals, usage=usage, timing=outcome.timing)
+        if include_usage:
+            yield self._chunk(prep, [], usage=outcome.usage)
+
+    def _final_chunk_choice(self, prep: Prepared, state: ChoiceState, held: str) -> ChunkChoice:
+        finish = state.finish_reason or "stop"
+        delta = Delta()
+        if held:
+            choice = self._final_choice(prep, state)
+            calls = choice.message.tool_calls
+            if calls:
+                delta.tool_calls = [
+                    ToolCallDelta(index=k, id=c.id, function=c.function)
+                    for k, c in enumerate(calls)
+                ]
+                delta.content = choice.message.content
+            else:
+                delta.content = held
+            finish = choice.finish_reason or finish
+        return ChunkChoice(index=state.index, delta=delta, finish_reason=finish)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _chunk(
+        prep: Prepared,
+        choices: list[ChunkChoice],
+        usage: Usage | None = None,
+        timing: TimeInfo | None = None,
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=prep.request_id,
+            created=int(prep.arrival),
+            model=prep.model.id,
+            system_fingerprint=prep.fingerprint,
+            choices=choices,
+            usage=usage,
+            time_info=timing,
+        )
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"

@@ -1,0 +1,70 @@
+"""Overload control: a bound on the requests each model holds at once.
+
+vLLM queues whatever it is given, so under a burst the queue (and every client's wait) grows
+without end. Here each model admits at most ``max_num_seqs`` running requests plus
+``max_waiting_requests`` waiting ones; the next one gets 429 with ``Retry-After`` at once, which
+the OpenAI and Cerebras SDKs retry after that many seconds. A request holds its slot from
+admission until its response (or stream) has been sent in full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from server.errors import OverloadedError
+
+__all__ = ["RETRY_AFTER_SECONDS", "Admission", "Ticket"]
+
+RETRY_AFTER_SECONDS = 1
+"""What a 429 tells clients to wait: slots free up as fast as requests finish."""
+
+
+@dataclass
+class Ticket:
+    """One admitted request's slot; ``release`` may be called more than once."""
+
+    admission: Admission | None
+    model_id: str
+    released: bool = field(default=False)
+
+    def release(self) -> None:
+        if not self.released and self.admission is not None:
+            self.admission._release(self.model_id)
+        self.released = True
+
+
+class Admission:
+    """Per-model admission counters in front of the engines (one event loop: no locks)."""
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self.limits = dict(limits)
+        self._held = dict.fromkeys(self.limits, 0)
+
+    @classmethod
+    def for_models(cls, models: Iterable[object], max_waiting: int) -> Admission:
+        """``max_num_seqs + max_waiting`` for each served model."""
+        return cls(
+            {m.id: m.config.max_num_seqs + max_waiting for m in models}  # type: ignore[attr-defined]
+        )
+
+    def held(self, model_id: str) -> int:
+        return self._held.get(model_id, 0)
+
+    def acquire(self, model_id: str) -> Ticket:
+        """A slot for ``model_id``, or OverloadedError (429) when all are taken. Unknown
+        models are not counted: the service answers them 404."""
+        limit = self.limits.get(model_id)
+        if limit is None:
+            return Ticket(None, model_id)
+        if self._held[model_id] >= limit:
+            raise OverloadedError(
+                f"The server is at capacity for '{model_id}' ({limit} requests running or "
+                f"queued). Retry after {RETRY_AFTER_SECONDS} s.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        self._held[model_id] += 1
+        return Ticket(self, model_id)
+
+    def _release(self, model_id: str) -> None:
+        self._held[model_id] -= 1

@@ -1,0 +1,157 @@
+"""What the chat route wraps around the service: admission, per-key rate limits, the request
+deadline and the client's disconnect, and the access-log fields (model, user, tokens, timings).
+
+The service stays about chat. The route calls ``begin`` before ``service.prepare``, then hands
+the service's work to ``answer`` (a plain answer) or its chunks to ``stream``: both run under
+the same deadline, and both end the engine request when the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any
+
+from starlette.requests import Request
+
+from server.chat.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    TimeInfo,
+    Usage,
+)
+from server.errors import APIError, InternalError, RequestTimeoutError
+from server.http.admission import Admission
+from server.http.gate import AccessRecord, request_record
+from server.http.ratelimit import RateLimiter
+
+__all__ = ["RequestControl"]
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+"""The rate-limit bucket of requests when no API keys are configured."""
+
+
+class RequestControl:
+    def __init__(
+        self,
+        *,
+        admission: Admission,
+        limiter: RateLimiter,
+        request_timeout: float,
+        log_prompts: bool = False,
+    ) -> None:
+        self.admission = admission
+        self.limiter = limiter
+        self.request_timeout = request_timeout
+        self.log_prompts = log_prompts
+
+    def begin(
+        self, request: Request, body: ChatCompletionRequest, request_id: str
+    ) -> dict[str, str]:
+        """Admit the request (429 when its model is full or its key over a limit) and note
+        it for the access log; the response headers to send."""
+        record = request_record(request)
+        record.fields |= {"id": request_id, "model": body.model, "stream": bool(body.stream)}
+        if body.user is not None:
+            record.fields["user"] = body.user
+        if self.log_prompts:
+            record.fields["messages"] = [m.model_dump(exclude_none=True) for m in body.messages]
+        headers = {"x-request-id": record.client_request_id or request_id}
+        ticket = self.admission.acquire(body.model)
+        record.cleanups.append(ticket.release)  # the Gate runs it when the response is sent
+        if self.limiter.enabled:
+            headers |= self.limiter.admit(record.key_id or ANONYMOUS)
+        return headers
+
+    async def answer(
+        self, request: Request, work: Awaitable[ChatCompletionResponse]
+    ) -> ChatCompletionResponse:
+        """``work``'s answer, noted for the access log. Past the deadline the work is cancelled
+        (aborting the engine request) and a 504 raised; a client that leaves cancels it too
+        (Starlette does not cancel a handler whose client disconnected)."""
+        task = asyncio.ensure_future(work)
+        left = asyncio.ensure_future(_disconnected(request))
+        try:
+            async with asyncio.timeout_at(self._deadline()):
+                await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise self._timeout() from None
+        finally:
+            left.cancel()
+            task.cancel()  # a no-op once it is done
+        if not task.done():
+            raise asyncio.CancelledError("client disconnected")
+        response = task.result()
+        self._note(request_record(request), response.usage, response.time_info)
+        return response
+
+    async def stream(
+        self, request: Request, chunks: AsyncGenerator[ChatCompletionChunk, None]
+    ) -> AsyncIterator[ChatCompletionChunk | APIError]:
+        """The service's chunks until the deadline; an error, whether the deadline's or the
+        service's, ends the stream as one last event (the route adds [DONE]). The final
+        chunk's usage and time_info go to the access log. A client that leaves is seen by
+        sse-starlette, which cancels this iteration and so the engine request."""
+        record = request_record(request)
+        deadline = self._deadline()
+        usage: Usage | None = None
+        timing: TimeInfo | None = None
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    # The cancellation went through the service's generator into the
+                    # engine's, which aborted the request.
+                    yield self._failed(record, self._timeout())
+                    break
+                except APIError as exc:
+                    yield self._failed(record, exc)
+                    break
+                except Exception as exc:
+                    log.exception("stream failed", extra={"request_id": record.request_id})
+                    yield self._failed(
+                        record, InternalError(f"The stream failed: {type(exc).__name__}")
+                    )
+                    break
+                usage = chunk.usage or usage
+                timing = chunk.time_info or timing
+                yield chunk
+        finally:
+            await chunks.aclose()
+            self._note(record, usage, timing)
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.request_timeout
+
+    def _timeout(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"The request took longer than the server's limit of {self.request_timeout:g} s "
+            "and was stopped."
+        )
+
+    @staticmethod
+    def _failed(record: AccessRecord, error: APIError) -> APIError:
+        record.note_error(error)
+        return error
+
+    def _note(self, record: AccessRecord, usage: Usage | None, timing: TimeInfo | None) -> None:
+        if usage is not None:
+            record.fields["usage"] = usage.model_dump()
+            self.limiter.add_tokens(record.key_id or ANONYMOUS, usage.total_tokens)
+        if timing is not None:
+            record.fields["time_info"] = timing.model_dump()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message: Any = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

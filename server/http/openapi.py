@@ -1,0 +1,230 @@
+"""The OpenAPI document at ``/openapi.json``, made to describe what the server really sends.
+
+FastAPI's generated document knows only the success bodies. This adds what clients and the
+schema fuzzer (``tests/e2e/test_schema_fuzz.py``) need to hold the server to its word:
+
+- every error status an operation can answer, each with the ``{"error": {...}}`` envelope
+  (and no FastAPI 422: validation errors are 400 here);
+- the streamed answer of ``/v1/chat/completions`` as ``text/event-stream`` of
+  ``ChatCompletionChunk`` events;
+- ``/health``'s body, and the request fields that are accepted and ignored;
+- the rules the request validators enforce beyond field types, where JSON Schema can say them
+  (what each message role needs, tool name pattern, stop limits, json_schema's schema), so
+  that a request valid by the document is refused only for what the document cannot say
+  (the last message's role, the model's context and vocabulary).
+
+The routes stay as they are; the document is rewritten once, when first asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict
+
+from server.chat.protocol import IGNORED_FIELDS, TOOL_NAME, ChatCompletionChunk
+
+__all__ = ["ErrorResponse", "HealthStatus", "document_api"]
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object; Cerebras's JSON-mode errors add ``failed_generation``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+class HealthStatus(BaseModel):
+    status: str
+    """``ok`` while every engine is alive."""
+    models: list[str]
+
+
+_WHY = {
+    400: "Invalid request: the message names the parameter (`param`).",
+    401: "Missing or wrong API key (when keys are configured).",
+    404: "Unknown model or path.",
+    405: "Method not allowed on this path.",
+    408: "The request body did not arrive within the configured time.",
+    413: "Request body larger than the configured limit.",
+    429: "Too many requests waiting, or a rate limit reached; see Retry-After.",
+    431: "Request headers larger than the configured limit.",
+    500: "A server bug; the message never carries a traceback.",
+    503: "The engine stopped, or the server is shutting down.",
+    504: "The request took longer than the configured timeout.",
+}
+_COMMON = (401, 405, 408, 431, 500, 503)
+_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("/v1/chat/completions", "post"): (400, 404, 413, 429, 504, *_COMMON),
+    ("/v1/models", "get"): _COMMON,
+    ("/v1/models/{model_id}", "get"): (404, *_COMMON),
+    ("/health", "get"): _COMMON,
+    ("/v1/tcp_warming", "get"): _COMMON,
+}
+_REF = "#/components/schemas/"
+
+
+def document_api(app: FastAPI) -> None:
+    """Replace ``app.openapi`` with the completed document (built once, then cached)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            app.openapi_schema = complete(doc)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def complete(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with error responses, the event stream, health body and ignored fields."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorResponse, HealthStatus, ChatCompletionChunk):
+        _add_model(schemas, model)
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    error = {"application/json": {"schema": {"$ref": _REF + "ErrorResponse"}}}
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in _ERRORS.get((path, method), _COMMON):
+                responses[str(status)] = {"description": _WHY[status], "content": error}
+    _health(doc)
+    _stream(doc)
+    _request(schemas)
+    return doc
+
+
+def _add_model(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+    schema = model.model_json_schema(ref_template=_REF + "{model}", mode="serialization")
+    for name, sub in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, sub)
+    schemas[model.__name__] = schema
+
+
+def _health(doc: dict[str, Any]) -> None:
+    operation = doc["paths"].get("/health", {}).get("get")
+    if operation:
+        operation["responses"]["200"] = {
+            "description": "Every engine is alive.",
+            "content": {"application/json": {"schema": {"$ref": _REF + "HealthStatus"}}},
+        }
+
+
+def _stream(doc: dict[str, Any]) -> None:
+    operation = doc["paths"].get("/v1/chat/completions", {}).get("post")
+    if not operation:
+        return
+    ok = operation["responses"]["200"]
+    ok["description"] = (
+        "The completion; with `stream: true`, server-sent events: each `data:` line is a "
+        "ChatCompletionChunk (or an error envelope if the stream fails), then `data: [DONE]`."
+    )
+    # Before OpenAPI 3.2 (itemSchema), an event stream's schema describes one event, as
+    # schemathesis reads it: every event's data is a chunk or an error envelope, as JSON,
+    # except the final [DONE].
+    json_event = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {
+            "anyOf": [{"$ref": _REF + "ChatCompletionChunk"}, {"$ref": _REF + "ErrorResponse"}]
+        },
+    }
+    ok["content"]["text/event-stream"] = {
+        "schema": {
+            "type": "object",
+            "properties": {"data": {"anyOf": [{"const": "[DONE]"}, json_event]}},
+            "required": ["data"],
+        }
+    }
+
+
+def _request(schemas: dict[str, Any]) -> None:
+    request = schemas.get("ChatCompletionRequest")
+    if not request:
+        return
+    properties = request.setdefault("properties", {})
+    for name in sorted(IGNORED_FIELDS):
+        properties.setdefault(
+            name, {"description": "Accepted and ignored (no meaning here).", "deprecated": True}
+        )
+    _object_branch(properties.get("logit_bias", {}))["propertyNames"] = {"pattern": "^[0-9]+$"}
+    stop = {"type": "string", "minLength": 1, "maxLength": 256}
+    properties["stop"] = {
+        "anyOf": [stop, {"type": "array", "items": stop, "maxItems": 4}, {"type": "null"}],
+        "description": properties.get("stop", {}).get("description", ""),
+    }
+    if "FunctionDefinition" in schemas:
+        name = schemas["FunctionDefinition"]["properties"]["name"]
+        name["pattern"] = TOOL_NAME.pattern
+    if "ResponseFormat" in schemas:
+        schemas["ResponseFormat"]["anyOf"] = [
+            {"properties": {"type": {"enum": ["text", "json_object"]}}},
+            {
+                "properties": {"type": {"const": "json_schema"}, "json_schema": {"type": "object"}},
+                "required": ["json_schema"],
+            },
+        ]
+    if "ChatMessage" in schemas:
+        _messages(schemas["ChatMessage"])
+
+
+def _object_branch(schema: dict[str, Any]) -> dict[str, Any]:
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "object":
+            return branch
+    return {}
+
+
+def _messages(message: dict[str, Any]) -> None:
+    """What ``ChatMessage``'s validator requires of each role, as alternatives."""
+    not_null = {"not": {"type": "null"}}
+    no_calls = {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+    message["anyOf"] = [
+        {
+            "properties": {
+                "role": {"enum": ["system", "developer", "user"]},
+                "content": not_null,
+                "tool_calls": no_calls,
+            },
+            "required": ["content"],
+        },
+        {
+            "properties": {
+                "role": {"const": "tool"},
+                "content": not_null,
+                "tool_calls": no_calls,
+                "tool_call_id": {"type": "string", "minLength": 1},
+            },
+            "required": ["content", "tool_call_id"],
+        },
+        {
+            "properties": {"role": {"const": "assistant"}, "content": not_null},
+            "required": ["content"],
+        },
+        {
+            "properties": {
+                "role": {"const": "assistant"},
+                "tool_calls": {"type": "array", "minItems": 1},
+            },
+            "required": ["tool_calls"],
+        },
+    ]

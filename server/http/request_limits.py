@@ -1,0 +1,202 @@
+"""Request limits checked before anything parses the request: header size, body size, JSON shape.
+
+Pure ASGI middleware, so a refused request costs no JSON parsing, no pydantic validation and
+no engine work, and the answer is the usual ``{"error": {...}}`` envelope:
+
+- headers larger than ``max_header_bytes`` -> 431 ``headers_too_large``. uvicorn's httptools
+  parser has no header limit of its own, so this is the only one (a reverse proxy in front
+  should cap what is buffered before the application sees it);
+- a body larger than ``max_request_bytes`` -> 413 ``request_too_large``, decided from
+  ``Content-Length`` before reading, or while reading a chunked body. The rest of the body is
+  read and thrown away (up to a bound) so the client reads the 413 instead of a reset;
+- a body that takes longer than ``body_timeout`` to arrive (a client trickling bytes to hold
+  a connection) -> 408 ``body_timeout``;
+- JSON nested deeper than ``max_json_depth`` -> 400 ``json_too_deep``: Python's parser raises
+  ``RecursionError`` near 1,000 levels, and the tool prompt and schema code recurse too;
+- ``NaN`` and ``Infinity`` outside strings -> 400 ``invalid_json``: Python accepts them, JSON
+  (and every other client and server) does not.
+
+The JSON checks (``server.http.jsonscan``) scan the raw bytes at C speed: milliseconds for 4 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import (
+    APIError,
+    BadRequestError,
+    BodyTimeoutError,
+    ContentTooLargeError,
+    HeadersTooLargeError,
+)
+from server.http.gate import record_of
+from server.http.jsonscan import has_nonfinite, json_depth
+from server.settings import Settings
+
+__all__ = ["RequestLimits", "json_problem"]
+
+DRAIN_FACTOR = 4
+"""A body over the limit is read and discarded up to this many times the limit (never kept);
+beyond that the connection is closed without reading on."""
+
+
+def json_problem(body: bytes, max_depth: int) -> APIError | None:
+    """Why ``body`` is refused before parsing (NaN or Infinity, too deep), or None."""
+    if has_nonfinite(body):
+        return BadRequestError(
+            "The request body is not valid JSON: NaN and Infinity are not JSON numbers.",
+            code="invalid_json",
+        )
+    depth = json_depth(body, at_least=max_depth)
+    if depth > max_depth:
+        return BadRequestError(
+            f"The request body nests JSON {depth} levels deep; at most {max_depth} are allowed.",
+            code="json_too_deep",
+        )
+    return None
+
+
+class RequestLimits:
+    """ASGI middleware enforcing the limits above; everything else passes through untouched.
+
+    The limits are the keyword arguments, else those of ``settings``, else the defaults
+    (``Settings()``, so the ``LLAMA_SERVE_MAX_*`` environment variables apply).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings | None = None,
+        max_request_bytes: int | None = None,
+        max_header_bytes: int | None = None,
+        max_json_depth: int | None = None,
+        body_timeout: float | None = None,
+    ) -> None:
+        if settings is None:
+            settings = Settings()
+        self.app = app
+        self.max_request_bytes = max_request_bytes or settings.max_request_bytes
+        self.max_header_bytes = max_header_bytes or settings.max_header_bytes
+        self.max_json_depth = max_json_depth or settings.max_json_depth
+        self.body_timeout = body_timeout or settings.body_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header_bytes = sum(len(k) + len(v) for k, v in scope["headers"])
+        if header_bytes > self.max_header_bytes:
+            error = HeadersTooLargeError(
+                f"The request headers are {header_bytes} bytes; at most "
+                f"{self.max_header_bytes} are allowed.",
+                headers={"connection": "close"},
+            )
+            await _reply(error, scope, receive, send)
+            return
+        declared = _content_length(scope)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                if declared is not None and declared > self.max_request_bytes:
+                    await self._drain(receive, 0)
+                    await _reply(self._too_large(declared), scope, receive, send)
+                    return
+                body, size, complete = await self._read(receive)
+        except TimeoutError:
+            error = BodyTimeoutError(
+                f"The request body did not arrive within {self.body_timeout:g} s.",
+                headers={"connection": "close"},
+            )
+            await _reply(error, scope, receive, send)
+            return
+        if not complete:
+            if size > self.max_request_bytes:
+                await _reply(self._too_large(size, more=True), scope, receive, send)
+            return  # or the client went away: nobody to answer
+        if _is_json(scope):
+            problem = json_problem(body, self.max_json_depth)
+            if problem is not None:
+                await _reply(problem, scope, receive, send)
+                return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes, int, bool]:
+        """The whole body, its size, and whether it was complete and within the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"", size, False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive, size)
+                return b"", size, False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), size, True
+
+    async def _drain(self, receive: Receive, already: int) -> None:
+        """Read and discard the rest of a refused body, up to ``DRAIN_FACTOR`` times the limit."""
+        size = already
+        while size <= DRAIN_FACTOR * self.max_request_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    def _too_large(self, size: int, more: bool = False) -> APIError:
+        over = "more than " if more else ""
+        return ContentTooLargeError(
+            f"The request body is {over}{size} bytes; at most {self.max_request_bytes} are "
+            "allowed.",
+            headers={"connection": "close"},
+        )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP parser refuses such requests before we see them
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    """FastAPI parses a body as JSON when it has no content type or a JSON one."""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that returns the body already read, then waits on the real one (so the
+    routes still see the client's disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _reply(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    record_of(scope).note_error(error)
+    response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    await response(scope, receive, send)

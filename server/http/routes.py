@@ -1,0 +1,123 @@
+"""HTTP routes: parse, hand to the service, return. No logic of their own."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
+
+from server.chat.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ModelCard,
+    ModelList,
+)
+from server.chat.service import ChatService, new_request_id
+from server.errors import APIError, DrainingError, EngineDeadError
+from server.http.control import RequestControl
+from server.http.gate import record_of
+from server.metrics import render_metrics
+from server.models.pool import ServedModel
+
+__all__ = ["router"]
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+
+
+def _service(request: Request) -> ChatService:
+    return request.app.state.service
+
+
+def _control(request: Request) -> RequestControl:
+    return request.app.state.control
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    service, control = _service(request), _control(request)
+    request_id = new_request_id()
+    headers = control.begin(request, body, request_id)  # 429 when full or over a limit
+    prepared = await service.prepare(body, request_id)
+    if body.stream:
+        events = control.stream(request, service.stream(prepared))
+        return _EventStream(_sse(events), ping=15, headers=headers, send_timeout=30)
+    response = await control.answer(request, service.complete(prepared))
+    return JSONResponse(response.model_dump(), headers=headers)
+
+
+async def _sse(events: AsyncIterator[ChatCompletionChunk | APIError]) -> AsyncIterator[dict]:
+    """Each event serialized once, here; then OpenAI's end marker."""
+    async for event in events:
+        if isinstance(event, APIError):
+            yield {"data": json.dumps(event.body())}
+        else:
+            yield {"data": event.model_dump_json(exclude_none=True)}
+    yield {"data": "[DONE]"}
+
+
+class _EventStream(EventSourceResponse):
+    """A stream whose client stopped reading ends with a warning, not a server-error traceback.
+
+    sse-starlette gives up on a write after ``send_timeout`` and raises; the stream's cleanup
+    has already aborted the engine request. Returning leaves the response unfinished, so
+    uvicorn closes the connection.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            record = record_of(scope)
+            record.fields["error"] = "client_stopped_reading"  # in the access log line too
+            log.warning(
+                "stream dropped: the client stopped reading",
+                extra={"request_id": record.request_id, "send_timeout_s": self.send_timeout},
+            )
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[_card(m) for m in _service(request).pool])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    return _card(_service(request).pool.get(model_id))
+
+
+def _card(model: ServedModel) -> ModelCard:
+    return ModelCard(id=model.id, created=model.created, owned_by="llama-serve")
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """503 once an engine died or a drain began (a probe's answer, not a rejection)."""
+    pool = _service(request).pool
+    problem: APIError | None = None
+    if not pool.alive:
+        problem = EngineDeadError("The engine has stopped; this server is restarting.")
+    elif request.app.state.lifecycle.state != "serving":
+        problem = DrainingError("The server is shutting down.")
+    if problem is not None:
+        return JSONResponse(problem.body(), status_code=problem.status)
+    return JSONResponse({"status": "ok", "models": [m.id for m in pool]})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/tcp_warming")
+async def tcp_warming() -> dict[str, str]:
+    """The Cerebras SDK calls this when a client is created, to open the connection early."""
+    return {"status": "ok"}
