@@ -33,6 +33,7 @@ e2e: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy  # server/, sampling/, grammars/ (pyproject.toml [tool.mypy])
 
 format: setup
 	$(PY) -m ruff check --fix .

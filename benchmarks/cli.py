@@ -1,7 +1,6 @@
 """Command line: ``python -m benchmarks run ...`` and ``python -m benchmarks compare ...``.
 
-:func:`main` takes an argv list so that the server's CLI can expose the same commands
-(``python -m server bench run ...``) by calling ``benchmarks.cli.main(argv)``.
+:func:`main` takes an argv list, so tests call it in process.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ of the schema, so a hostile schema is refused before it costs anything:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -52,6 +52,7 @@ def value_depth(value: Any) -> int:
     depth, stack = 0, [(value, 1)]
     while stack:
         node, level = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):

@@ -32,10 +32,14 @@ function with an empty parameter list")."""
 class ToolCallSyntax(Protocol):
     """How a model family writes tool calls as JSON (its chat format's ``tool_calls``)."""
 
-    name_key: str
-    arguments_key: str
-    separator: str
-    """Between parallel calls in one message."""
+    @property
+    def name_key(self) -> str: ...
+    @property
+    def arguments_key(self) -> str: ...
+    @property
+    def separator(self) -> str:
+        """Between parallel calls in one message."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

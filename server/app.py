@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grammars import GrammarError
+from server.chat.service import ChatService
 from server.errors import (
     APIError,
     BadRequestError,
@@ -34,6 +35,7 @@ from server.http.request_limits import RequestLimits
 from server.http.routes import router
 from server.lifecycle import Lifecycle, watch_engines
 from server.metrics import watch_pool
+from server.models.pool import ServedModel
 from server.settings import Settings
 
 __all__ = ["create_app", "error_response"]
@@ -41,7 +43,9 @@ __all__ = ["create_app", "error_response"]
 log = logging.getLogger(__name__)
 
 
-def create_app(load_service: Callable[[], Any], settings: Settings | None = None) -> FastAPI:
+def create_app(
+    load_service: Callable[[], ChatService], settings: Settings | None = None
+) -> FastAPI:
     """``load_service`` builds the ChatService (loading engines) when the app starts."""
     settings = settings or Settings()
     lifecycle = Lifecycle(drain_timeout=settings.drain_timeout)
@@ -104,7 +108,7 @@ def create_app(load_service: Callable[[], Any], settings: Settings | None = None
     return app
 
 
-def _describe(model: Any, admission: Admission) -> dict[str, Any]:
+def _describe(model: ServedModel, admission: Admission) -> dict[str, Any]:
     config = model.config
     return {
         "id": model.id,

@@ -9,6 +9,7 @@ these classes in :func:`from_library`, the one place that knows both.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import grammars
@@ -53,14 +54,14 @@ class APIError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code or self.default_code
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
@@ -71,7 +72,7 @@ class APIError(Exception):
 class BadRequestError(APIError):
     status = 400
     type = "invalid_request_error"
-    reason = "bad_request"
+    reason: ClassVar[str | None] = "bad_request"
 
 
 class UnsupportedError(BadRequestError):

@@ -22,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 from sse_starlette.sse import AppStatus
+
+if TYPE_CHECKING:
+    from server.models.pool import ModelPool
 
 __all__ = ["GracefulServer", "Lifecycle", "watch_engines"]
 
@@ -86,7 +89,7 @@ class Lifecycle:
         wait = min(self.drain_timeout, DEAD_DRAIN_SECONDS)
         self._spawn(self._finish(wait, hold=DEAD_HOLD_SECONDS))
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -101,7 +104,7 @@ class Lifecycle:
         self._stop()
 
 
-async def watch_engines(pool: Any, lifecycle: Lifecycle, interval: float = 1.0) -> None:
+async def watch_engines(pool: ModelPool, lifecycle: Lifecycle, interval: float = 1.0) -> None:
     """Poll the engines; the first dead one marks the server dead."""
     while True:
         await asyncio.sleep(interval)

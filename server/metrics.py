@@ -18,13 +18,18 @@ update as the engine steps. Ours:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.errors import REJECTION_REASONS, APIError, FailedGenerationError
+
+if TYPE_CHECKING:  # the gauges read them; they count through this module
+    from server.http.admission import Admission
+    from server.lifecycle import Lifecycle
+    from server.models.pool import ModelPool
 
 __all__ = ["count_error", "count_response", "render_metrics", "watch_pool"]
 
@@ -61,7 +66,9 @@ def count_response(status: int) -> None:
 
 
 class _PoolCollector(Collector):
-    def __init__(self, pool: Any, admission: Any = None, lifecycle: Any = None) -> None:
+    def __init__(
+        self, pool: ModelPool, admission: Admission | None, lifecycle: Lifecycle | None
+    ) -> None:
         self.pool = pool
         self.admission = admission
         self.lifecycle = lifecycle
@@ -97,7 +104,10 @@ _watched: dict[int, _PoolCollector] = {}
 
 
 def watch_pool(
-    pool: Any, admission: Any = None, lifecycle: Any = None, registry: CollectorRegistry = REGISTRY
+    pool: ModelPool,
+    admission: Admission | None = None,
+    lifecycle: Lifecycle | None = None,
+    registry: CollectorRegistry = REGISTRY,
 ) -> None:
     """Register the live gauges (replacing those of an earlier app in the same process)."""
     old = _watched.pop(id(registry), None)

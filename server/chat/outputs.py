@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from vllm.logprobs import Logprob, SampleLogprobs
+from vllm.outputs import CompletionOutput
+from vllm.v1.metrics.stats import RequestStateStats
 
 from server.chat.protocol import ChoiceLogprobs, TimeInfo, TokenLogprob, TopLogprob
+from server.models.formats.base import TokenizerLike
 
 __all__ = ["ChoiceState", "convert_logprobs", "time_info"]
 
@@ -18,10 +24,12 @@ class ChoiceState:
     index: int
     text: str = ""
     num_tokens: int = 0
-    finish_reason: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
-    def add(self, output: Any, top_logprobs: int | None, tokenizer: Any) -> tuple[str, list]:
+    def add(
+        self, output: CompletionOutput, top_logprobs: int | None, tokenizer: TokenizerLike
+    ) -> tuple[str, list[TokenLogprob]]:
         """Fold one engine delta in; returns the new text and new logprob entries."""
         self.text += output.text
         self.num_tokens += len(output.token_ids)
@@ -36,13 +44,13 @@ class ChoiceState:
         return output.text, new_logprobs
 
 
-def _finish_reason(reason: str) -> str:
+def _finish_reason(reason: str) -> Literal["stop", "length"]:
     # vLLM says "abort" or "error" for requests it ended itself; clients know only these.
-    return reason if reason in ("stop", "length") else "stop"
+    return "length" if reason == "length" else "stop"
 
 
 def convert_logprobs(
-    token_ids: Any, logprobs: Any, top_n: int, tokenizer: Any
+    token_ids: Sequence[int], logprobs: SampleLogprobs, top_n: int, tokenizer: TokenizerLike
 ) -> list[TokenLogprob]:
     """vLLM's per-position ``{token_id: Logprob}`` maps to OpenAI's logprobs content."""
     entries = []
@@ -61,7 +69,7 @@ def convert_logprobs(
     return entries
 
 
-def _entry(token_id: int, logprob: Any, tokenizer: Any) -> dict[str, Any]:
+def _entry(token_id: int, logprob: Logprob, tokenizer: TokenizerLike) -> dict[str, Any]:
     token = logprob.decoded_token
     if token is None:
         token = tokenizer.decode([token_id])
@@ -76,7 +84,7 @@ def choice_logprobs(state: ChoiceState, wanted: bool) -> ChoiceLogprobs | None:
     return ChoiceLogprobs(content=state.logprobs) if wanted else None
 
 
-def time_info(metrics: Any, arrival_wall: float) -> TimeInfo:
+def time_info(metrics: RequestStateStats | None, arrival_wall: float) -> TimeInfo:
     """Cerebras's ``time_info`` from the engine's own request timestamps.
 
     The engine core stamps queueing, scheduling and tokens on the monotonic clock; the

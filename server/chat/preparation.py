@@ -7,7 +7,6 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from vllm import SamplingParams
 
@@ -16,6 +15,7 @@ from sampling import to_sampling_params
 from server.chat.protocol import ChatCompletionRequest
 from server.errors import BadRequestError
 from server.models.formats import Segment, encode_segments
+from server.models.formats.base import TokenizerLike
 from server.models.pool import ModelPool, ServedModel
 
 __all__ = ["INLINE_PROMPT_CHARS", "Prepared", "check_prompt_size", "prepare", "tokenize"]
@@ -30,7 +30,7 @@ of 100k tokens that take 0.2 s or more: on the loop they would stall every strea
 _tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
 
 
-async def tokenize(segments: list[Segment], tokenizer: Any) -> list[int]:
+async def tokenize(segments: list[Segment], tokenizer: TokenizerLike) -> list[int]:
     """``encode_segments`` that keeps the event loop free for long prompts."""
     if sum(len(s.text) for s in segments) <= INLINE_PROMPT_CHARS:
         return encode_segments(segments, tokenizer)

@@ -18,6 +18,7 @@ from server.chat.protocol import (
     Choice,
     ChunkChoice,
     Delta,
+    FinishReason,
     NamedToolChoice,
     ResponseMessage,
     TimeInfo,
@@ -97,7 +98,7 @@ class ChatService:
     def _final_choice(self, prep: Prepared, state: ChoiceState) -> Choice:
         self._check_json(prep, state)
         message = ResponseMessage(content=state.text)
-        finish = state.finish_reason or "stop"
+        finish: FinishReason = state.finish_reason or "stop"
         if prep.wants_tools and finish != "length":
             parsed = prep.model.chat_format.tool_calls.parse(
                 state.text,
@@ -111,7 +112,7 @@ class ChatService:
         return Choice(
             index=state.index,
             message=message,
-            finish_reason=finish,  # type: ignore[arg-type]
+            finish_reason=finish,
             logprobs=choice_logprobs(state, bool(prep.request.logprobs)),
         )
 
@@ -178,7 +179,7 @@ class ChatService:
             yield self._chunk(prep, [], usage=outcome.usage)
 
     def _final_chunk_choice(self, prep: Prepared, state: ChoiceState, held: str) -> ChunkChoice:
-        finish = state.finish_reason or "stop"
+        finish: FinishReason = state.finish_reason or "stop"
         delta = Delta()
         if held:
             choice = self._final_choice(prep, state)
@@ -192,7 +193,7 @@ class ChatService:
             else:
                 delta.content = held
             finish = choice.finish_reason or finish
-        return ChunkChoice(index=state.index, delta=delta, finish_reason=finish)  # type: ignore[arg-type]
+        return ChunkChoice(index=state.index, delta=delta, finish_reason=finish)
 
     @staticmethod
     def _chunk(

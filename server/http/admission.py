@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from server.errors import OverloadedError
+from server.models.pool import ServedModel
 
 __all__ = ["RETRY_AFTER_SECONDS", "Admission", "Ticket"]
 
@@ -42,11 +43,9 @@ class Admission:
         self._held = dict.fromkeys(self.limits, 0)
 
     @classmethod
-    def for_models(cls, models: Iterable[object], max_waiting: int) -> Admission:
+    def for_models(cls, models: Iterable[ServedModel], max_waiting: int) -> Admission:
         """``max_num_seqs + max_waiting`` for each served model."""
-        return cls(
-            {m.id: m.config.max_num_seqs + max_waiting for m in models}  # type: ignore[attr-defined]
-        )
+        return cls({m.id: m.config.max_num_seqs + max_waiting for m in models})
 
     def held(self, model_id: str) -> int:
         return self._held.get(model_id, 0)

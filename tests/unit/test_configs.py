@@ -67,7 +67,9 @@ def test_gpu_layouts(name: str) -> None:
 
 
 def test_cpu_engine_args_size_the_kv_cache() -> None:
-    kwargs = engine_args(load_model_config("smollm2-135m"), "/m", structured_backend="guidance", gpu=False)
+    kwargs = engine_args(
+        load_model_config("smollm2-135m"), "/m", structured_backend="guidance", gpu=False
+    )
     assert kwargs["kv_cache_memory_bytes"] == 2**30
     assert "gpu_memory_utilization" not in kwargs
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from server.chat.protocol import ChatMessage, Tool
 from server.models.formats.tool_calls import JsonToolCalls
@@ -25,7 +25,8 @@ class Segment:
 
 
 class TokenizerLike(Protocol):
-    def encode(self, text: str, **kwargs: object) -> list[int]: ...
+    def encode(self, text: str, **kwargs: Any) -> list[int]: ...
+    def decode(self, token_ids: list[int], **kwargs: Any) -> str: ...
     def convert_tokens_to_ids(self, token: str) -> int: ...
 
 

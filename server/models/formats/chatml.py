@@ -21,7 +21,7 @@ class ChatML(ChatFormat):
     def render(self, messages: list[ChatMessage], tools: list[Tool] | None) -> list[Segment]:
         turns: list[tuple[str, str]] = []
         for m in messages:
-            role = "system" if m.role == "developer" else m.role
+            role: str = "system" if m.role == "developer" else m.role
             turns.append((role, self._content(m)))
         if not turns or turns[0][0] != "system":
             turns.insert(0, ("system", DEFAULT_SYSTEM))
