@@ -51,7 +51,8 @@ __all__ = [
     "summarize",
 ]
 
-DATA_DIR = Path(os.environ.get("JSONSCHEMABENCH_DIR", "/work/shared/data/jsonschemabench"))
+DATA_DIR = Path(__file__).resolve().parent / "data" / "jsonschemabench"
+"""The sample kept in the repository (its README says which); ``--data-dir`` takes a full copy."""
 MANIFEST = "sample.json"
 """Present in a sample folder only: the full files' sizes, and which draws the sample holds."""
 FILES = ("Glaiveai2K", "Github_trivial", "Github_easy", "Github_medium")
@@ -245,7 +246,7 @@ def add_sample_options(
         "--data-dir",
         type=Path,
         default=DATA_DIR,
-        help="JSONSchemaBench's .jsonl files",
+        help="JSONSchemaBench's .jsonl files (default: the sample in benchmarks/data)",
     )
     add("--files", nargs="+", default=list(FILES), choices=FILES)
     add(
