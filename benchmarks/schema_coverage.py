@@ -16,7 +16,7 @@ compiled schemas. The end-to-end part (outputs generated through the server and 
 ``jsonschema``) is separate; :func:`compile_coverage` is the compile part it can reuse::
 
     python -m benchmarks.schema_coverage --backend outlines xgrammar guidance \\
-        --tokenizer /tmp/smol/out --sample 8 --timeout 10 --out results/coverage.json
+        --model smollm2-135m --sample 8 --timeout 10 --out results/coverage.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ __all__ = [
     "format_table",
     "load_schemas",
     "main",
+    "model_tokenizer",
     "read_rows",
     "sampled_schemas",
     "summarize",
@@ -271,11 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_sample_options(parser, sample=8)
     add = parser.add_argument
-    add(
-        "--tokenizer",
-        default=os.environ.get("SMOL_TOKENIZER_DIR", "/tmp/smol/out"),
-        help="the model's tokenizer folder (default: $SMOL_TOKENIZER_DIR or /tmp/smol/out)",
-    )
+    add("--model", default="smollm2-135m", help="the model id (default smollm2-135m)")
+    add("--tokenizer", help="tokenizer folder (default: the model's, from the model cache)")
     add(
         "--vocab-size", type=int, default=None, help="the model's vocabulary (default: tokenizer's)"
     )
@@ -285,16 +282,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_tokenizer(model: str) -> str:
+    """The model's folder in the server's model cache (downloaded and converted if needed)."""
+    from server.model_store import ensure_model
+    from server.registry import load_model_config
+    from server.settings import Settings
+
+    return ensure_model(load_model_config(model), Settings().cache_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     schemas = sampled_schemas(args)
+    tokenizer = args.tokenizer or model_tokenizer(args.model)
     results: dict[str, dict[str, Any]] = {}
     for backend in args.backend:
         outcomes = asyncio.run(
             compile_coverage(
                 schemas,
                 backend=backend,
-                tokenizer=args.tokenizer,
+                tokenizer=tokenizer,
                 timeout=args.timeout,
                 vocab_size=args.vocab_size,
                 progress=not args.quiet,
