@@ -16,7 +16,7 @@ compiled schemas. The end-to-end part (outputs generated through the server and 
 ``jsonschema``) is separate; :func:`compile_coverage` is the compile part it can reuse::
 
     python -m benchmarks.schema_coverage --backend outlines xgrammar guidance \\
-        --tokenizer /tmp/smol/out --sample 8 --timeout 10 --out results/coverage.json
+        --model smollm2-135m --sample 8 --timeout 10 --out results/coverage.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 from collections.abc import Sequence
@@ -36,18 +35,26 @@ import numpy as np
 from tqdm import tqdm
 
 __all__ = [
+    "DATA_DIR",
     "BenchSchema",
+    "SampleError",
     "SchemaOutcome",
     "add_sample_options",
     "compile_coverage",
+    "draw",
     "format_table",
     "load_schemas",
     "main",
+    "model_tokenizer",
+    "read_rows",
     "sampled_schemas",
     "summarize",
 ]
 
-DATA_DIR = Path(os.environ.get("JSONSCHEMABENCH_DIR", "/work/shared/data/jsonschemabench"))
+DATA_DIR = Path(__file__).resolve().parent / "data" / "jsonschemabench"
+"""The sample kept in the repository (its README says which); ``--data-dir`` takes a full copy."""
+MANIFEST = "sample.json"
+"""Present in a sample folder only: the full files' sizes, and which draws the sample holds."""
 FILES = ("Glaiveai2K", "Github_trivial", "Github_easy", "Github_medium")
 BACKENDS = ("outlines", "xgrammar", "guidance")
 
@@ -71,6 +78,21 @@ class SchemaOutcome:
     error: str | None = None
 
 
+class SampleError(ValueError):
+    """The selection asks for schemas that a sample folder does not hold."""
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The ``{"id": ..., "schema": ...}`` rows of a ``.jsonl`` file."""
+    with open(path) as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def draw(rng: random.Random, total: int, sample: int) -> list[int]:
+    """The positions of ``sample`` schemas drawn from a file of ``total`` (all if not fewer)."""
+    return rng.sample(range(total), sample) if sample < total else list(range(total))
+
+
 def load_schemas(
     data_dir: Path = DATA_DIR,
     *,
@@ -78,16 +100,41 @@ def load_schemas(
     sample: int | None = None,
     seed: int = 0,
 ) -> list[BenchSchema]:
-    """The schemas of ``files`` (``<name>.jsonl``), ``sample`` drawn from each (all if None)."""
+    """The schemas of ``files`` (``<name>.jsonl``), ``sample`` drawn from each (all if None).
+
+    One generator seeded with ``seed`` draws positions in the full files, file after file. A
+    sample folder (:mod:`benchmarks.schema_sample`) keeps each schema's position and the full
+    files' sizes, so it yields the same schemas as the full copy for the draws it holds, and
+    raises :class:`SampleError` for any other. ``None`` takes every schema in the folder."""
+    manifest_path = data_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     rng = random.Random(seed)
     schemas = []
     for name in files:
-        with open(data_dir / f"{name}.jsonl") as lines:
-            rows = [json.loads(line) for line in lines if line.strip()]
-        if sample is not None and sample < len(rows):
-            rows = rng.sample(rows, sample)
-        schemas += [BenchSchema(name, row["id"], row["schema"]) for row in rows]
+        rows = read_rows(data_dir / f"{name}.jsonl")
+        if manifest is None:  # a full copy: positions are line numbers
+            by_position, total = dict(enumerate(rows)), len(rows)
+        else:
+            by_position = {row["index"]: row for row in rows}
+            total = manifest["files"][name]["rows"]
+        picked = sorted(by_position) if sample is None else draw(rng, total, sample)
+        if missing := [i for i in picked if i not in by_position]:
+            raise SampleError(_lacking(data_dir, manifest, name, len(missing)))
+        schemas += [
+            BenchSchema(name, by_position[i]["id"], by_position[i]["schema"]) for i in picked
+        ]
     return schemas
+
+
+def _lacking(data_dir: Path, manifest: Any, name: str, missing: int) -> str:
+    drawn = manifest["drawn"]
+    low, high = drawn["samples"]
+    return (
+        f"{data_dir} holds a sample of JSONSchemaBench, the schemas drawn by --files"
+        f" {' '.join(drawn['files'])} --sample {low} to {high} --seed {drawn['seed']}, and lacks"
+        f" {missing} of the {name} schemas this selection needs: pass --data-dir with a full"
+        f" copy (see {data_dir / 'README.md'})"
+    )
 
 
 async def compile_coverage(
@@ -100,8 +147,7 @@ async def compile_coverage(
     progress: bool = True,
 ) -> list[SchemaOutcome]:
     """Compile every schema as a ``response_format`` json_schema, one at a time."""
-    from grammars import GrammarCompiler, Shape, check_schema
-    from server.errors import SchemaError
+    from grammars import GrammarCompiler, SchemaError, Shape, check_schema
 
     outcomes = []
     compiler = GrammarCompiler(
@@ -118,7 +164,7 @@ async def compile_coverage(
             try:
                 check_schema(item.schema, param="response_format", what="the schema")
             except SchemaError as exc:
-                outcomes.append(SchemaOutcome(item.file, item.id, "invalid", error=exc.message))
+                outcomes.append(SchemaOutcome(item.file, item.id, "invalid", error=str(exc)))
                 continue
             result = await compiler.compile(Shape(content="schema", content_schema=item.schema))
             status: Status = (
@@ -195,9 +241,19 @@ def add_sample_options(
     ``--sample``, ``--seed``); :func:`sampled_schemas` reads them back."""
     add = parser.add_argument
     add("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    add("--data-dir", type=Path, default=DATA_DIR, help="JSONSchemaBench's .jsonl files")
+    add(
+        "--data-dir",
+        type=Path,
+        default=DATA_DIR,
+        help="JSONSchemaBench's .jsonl files (default: the sample in benchmarks/data)",
+    )
     add("--files", nargs="+", default=list(FILES), choices=FILES)
-    add("--sample", type=int, default=sample, help=f"schemas a file, 0 for all (default {sample})")
+    add(
+        "--sample",
+        type=int,
+        default=sample,
+        help=f"schemas a file, 0 for all in --data-dir (default {sample})",
+    )
     add("--seed", type=int, default=0, help=seed_help)
 
 
@@ -214,11 +270,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_sample_options(parser, sample=8)
     add = parser.add_argument
-    add(
-        "--tokenizer",
-        default=os.environ.get("SMOL_TOKENIZER_DIR", "/tmp/smol/out"),
-        help="the model's tokenizer folder (default: $SMOL_TOKENIZER_DIR or /tmp/smol/out)",
-    )
+    add("--model", default="smollm2-135m", help="the model id (default smollm2-135m)")
+    add("--tokenizer", help="tokenizer folder (default: the model's, from the model cache)")
     add(
         "--vocab-size", type=int, default=None, help="the model's vocabulary (default: tokenizer's)"
     )
@@ -228,16 +281,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_tokenizer(model: str) -> str:
+    """The model's folder in the server's model cache (downloaded and converted if needed)."""
+    from server.models.config import load_model_config
+    from server.models.store import ensure_model
+    from server.settings import Settings
+
+    return ensure_model(load_model_config(model), Settings().cache_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     schemas = sampled_schemas(args)
+    tokenizer = args.tokenizer or model_tokenizer(args.model)
     results: dict[str, dict[str, Any]] = {}
     for backend in args.backend:
         outcomes = asyncio.run(
             compile_coverage(
                 schemas,
                 backend=backend,
-                tokenizer=args.tokenizer,
+                tokenizer=tokenizer,
                 timeout=args.timeout,
                 vocab_size=args.vocab_size,
                 progress=not args.quiet,

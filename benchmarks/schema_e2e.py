@@ -50,6 +50,7 @@ from benchmarks.schema_coverage import (
     BenchSchema,
     add_sample_options,
     compile_coverage,
+    model_tokenizer,
     sampled_schemas,
     summarize,
 )
@@ -275,14 +276,6 @@ def format_e2e_table(results: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def _tokenizer(model: str) -> str:
-    from server.models.config import load_model_config
-    from server.models.store import ensure_model
-    from server.settings import Settings
-
-    return ensure_model(load_model_config(model), Settings().cache_dir)
-
-
 def _backend(args: argparse.Namespace, backend: str, schemas: list[BenchSchema]) -> dict:
     result: dict[str, Any] = {}
     if not args.no_compile:
@@ -290,7 +283,7 @@ def _backend(args: argparse.Namespace, backend: str, schemas: list[BenchSchema])
             compile_coverage(
                 schemas,
                 backend=backend,
-                tokenizer=args.tokenizer or _tokenizer(args.model),
+                tokenizer=args.tokenizer or model_tokenizer(args.model),
                 timeout=args.grammar_timeout,
                 progress=not args.quiet,
             )
