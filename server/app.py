@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -170,13 +171,18 @@ def validation_to_api_error(errors: Any) -> BadRequestError:
     return BadRequestError(f"Invalid value for '{param}': {msg}", param=param or None)
 
 
+_UNION_BRANCH = re.compile(
+    r"(?:str|bool|int|float|none|(?:function|json)-.*|(?:list|literal|dict|tuple|union)\[.*\])"
+)
+"""pydantic names the branch of a union in an error's location; it is not a parameter."""
+
+
 def _param_path(loc: list[Any]) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not str(part).startswith(("function-", "json-", "str", "list[", "literal[")):
-            # pydantic adds union-branch names to locations; they are not parameters.
+        elif not _UNION_BRANCH.fullmatch(str(part)):
             path += f".{part}" if path else str(part)
     return path
 

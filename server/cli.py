@@ -73,10 +73,11 @@ def load_service(settings: Settings) -> ChatService:
 
     config_dir = settings.config or CONFIG_DIR
     # The engine compiles each grammar again with its own limit (5 s by default); what passed
-    # our bounded check must not fail there, so its limit sits above ours.
-    # (JSON mode's index alone takes 8-20 s on Llama's 128k vocabulary on a 2-core CPU.)
+    # our bounded check must not fail there, so its limit sits above ours, unless the
+    # operator set it. (JSON mode's index alone takes 8-20 s on Llama's 128k vocabulary on a
+    # 2-core CPU.)
     limit = max(60, int(settings.grammar_timeout * 3))
-    os.environ["VLLM_REGEX_COMPILATION_TIMEOUT_S"] = str(limit)
+    os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", str(limit))
     served = []
     for name in settings.model_list():
         config = load_model_config(name, config_dir)

@@ -45,8 +45,8 @@ class APIError(Exception):
     type: ClassVar[str] = "api_error"
     default_code: ClassVar[str | None] = None
     reason: ClassVar[str | None] = None
-    """The rejection reason it is counted under; None for server errors and failed
-    generations (which have their own counter)."""
+    """What ``llama_serve_rejected_requests_total`` counts it under (refused, or cut short);
+    None for server bugs and failed generations (which have their own counter)."""
 
     def __init__(
         self,
@@ -165,6 +165,7 @@ class EngineFailedError(InternalError):
     """The engine ended a request on its own (vLLM's ``abort`` or ``error``)."""
 
     default_code = "engine_error"
+    reason = "engine_error"
 
 
 class ServiceUnavailableError(APIError):
@@ -202,6 +203,7 @@ REJECTION_REASONS = tuple(
             EngineDeadError,
             ServiceUnavailableError,
             RequestTimeoutError,
+            EngineFailedError,
             BadRequestError,
             NotFoundError,
             ContentTooLargeError,

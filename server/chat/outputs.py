@@ -12,9 +12,15 @@ from vllm.outputs import CompletionOutput
 from vllm.v1.metrics.stats import RequestStateStats
 
 from server.chat.protocol import ChoiceLogprobs, TimeInfo, TokenLogprob, TopLogprob
+from server.errors import EngineFailedError
 from server.models.formats.base import TokenizerLike
 
-__all__ = ["ChoiceState", "convert_logprobs", "time_info"]
+__all__ = ["ENGINE_FAILURES", "ChoiceState", "convert_logprobs", "time_info"]
+
+ENGINE_FAILURES = frozenset({"abort", "error"})
+"""vLLM's finish reasons for a request the engine ended on its own (a grammar it could not
+build, a shutdown): never an answer. (When the client leaves, the server aborts the request
+and reads no more outputs.)"""
 
 
 @dataclass
@@ -31,10 +37,15 @@ class ChoiceState:
         self, output: CompletionOutput, top_logprobs: int | None, tokenizer: TokenizerLike
     ) -> tuple[str, list[TokenLogprob]]:
         """Fold one engine delta in; returns the new text and new logprob entries."""
+        if output.finish_reason in ENGINE_FAILURES:
+            raise EngineFailedError(
+                f"The engine ended the request itself ({output.finish_reason}) before it "
+                "finished; retry it.",
+            )
         self.text += output.text
         self.num_tokens += len(output.token_ids)
         if output.finish_reason is not None:
-            self.finish_reason = _finish_reason(output.finish_reason)
+            self.finish_reason = "length" if output.finish_reason == "length" else "stop"
         new_logprobs: list[TokenLogprob] = []
         if top_logprobs is not None and output.logprobs:
             new_logprobs = convert_logprobs(
@@ -42,11 +53,6 @@ class ChoiceState:
             )
             self.logprobs += new_logprobs
         return output.text, new_logprobs
-
-
-def _finish_reason(reason: str) -> Literal["stop", "length"]:
-    # vLLM says "abort" or "error" for requests it ended itself; clients know only these.
-    return "length" if reason == "length" else "stop"
 
 
 def convert_logprobs(

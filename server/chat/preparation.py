@@ -49,6 +49,8 @@ class Prepared:
     params: SamplingParams
     constraint: Constraint | None = None
     arrival: float = field(default_factory=time.time)
+    """When the request arrived (wall clock): ``created`` and ``time_info.total_time`` count
+    from here."""
 
     @property
     def fingerprint(self) -> str:
@@ -60,7 +62,12 @@ class Prepared:
 
 
 async def prepare(
-    request: ChatCompletionRequest, request_id: str, *, pool: ModelPool, grammar_backend: str
+    request: ChatCompletionRequest,
+    request_id: str,
+    *,
+    arrival: float,
+    pool: ModelPool,
+    grammar_backend: str,
 ) -> Prepared:
     """Check the request against its model, render and tokenize its prompt, and map its
     fields onto vLLM's sampling parameters: everything before the engine."""
@@ -79,7 +86,7 @@ async def prepare(
         stop_token_ids=model.stop_token_ids,
         structured_outputs=constraint.structured_outputs if constraint else None,
     )
-    return Prepared(request, model, request_id, prompt_ids, params, constraint)
+    return Prepared(request, model, request_id, prompt_ids, params, constraint, arrival)
 
 
 def _check_conversation(request: ChatCompletionRequest) -> None:

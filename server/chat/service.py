@@ -55,9 +55,15 @@ class ChatService:
         self.pool = pool
         self.grammar_backend = grammar_backend
 
-    async def prepare(self, request: ChatCompletionRequest, request_id: str) -> Prepared:
+    async def prepare(
+        self, request: ChatCompletionRequest, request_id: str, arrival: float
+    ) -> Prepared:
         return await prepare(
-            request, request_id, pool=self.pool, grammar_backend=self.grammar_backend
+            request,
+            request_id,
+            arrival=arrival,
+            pool=self.pool,
+            grammar_backend=self.grammar_backend,
         )
 
     # ------------------------------------------------------------ generation

@@ -50,6 +50,8 @@ class AccessRecord:
 
     request_id: str
     client_request_id: str | None = None
+    arrival: float = field(default_factory=time.time)
+    """When the front door first saw the request (wall clock), before its body arrived."""
     key_id: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     cleanups: list[Callable[[], None]] = field(default_factory=list)

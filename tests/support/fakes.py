@@ -78,7 +78,7 @@ class FakeService:
         self.started = 0
         self.closed = 0  # generations that ended early (cancelled or closed)
 
-    async def prepare(self, body: Any, request_id: str) -> Any:
+    async def prepare(self, body: Any, request_id: str, arrival: float) -> Any:
         self.pool.get(body.model)
         return SimpleNamespace(request=body, request_id=request_id)
 

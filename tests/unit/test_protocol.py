@@ -96,3 +96,18 @@ def test_tool_choice_defaults_follow_openai() -> None:
 def test_max_completion_tokens_wins() -> None:
     request = ChatCompletionRequest(**BASE, max_tokens=5, max_completion_tokens=9)
     assert request.completion_limit == 9
+
+
+@pytest.mark.parametrize("name", sorted(ChatCompletionRequest.model_fields))
+@pytest.mark.parametrize("bad", [{"x": [1]}, "yes please", 3.5, [1]], ids=repr)
+def test_every_wrong_type_names_its_field(name: str, bad: Any) -> None:
+    """Whatever the field's type, a wrong value's error names the field (``stream`` once lost
+    its name: it starts like pydantic's ``str`` branch tag)."""
+    try:
+        ChatCompletionRequest(**(BASE | {name: bad}))
+    except ValidationError as exc:
+        errors = [e | {"loc": ("body", *e["loc"])} for e in exc.errors()]
+        param = validation_to_api_error(errors).param or ""
+        assert param.split(".")[0].split("[")[0] == name, (param, exc.errors()[0]["loc"])
+    else:
+        assert bad == "yes please" and name in {"model", "stop", "user"}  # strings, all three
