@@ -60,6 +60,7 @@ class GrammarCompiler:
         backend: str,
         timeout: float = 10.0,
         cache_size: int = 256,
+        cache_bytes: int = 64 * 2**20,
         vocab_size: int | None = None,
         memory_headroom_mb: int = 4096,
         startup_timeout: float = 300.0,
@@ -77,6 +78,8 @@ class GrammarCompiler:
         self.startup_timeout = startup_timeout
         self.warmup = warmup
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self._worker = CompileWorker(
             backend,
             _tokenizer_path(tokenizer),
@@ -190,10 +193,23 @@ class GrammarCompiler:
         return result
 
     def _remember(self, key: str, result: CompileResult) -> None:
-        """Cache writes happen on the event loop's thread only."""
+        """Cache writes happen on the event loop's thread only. Bounded in entries and in
+        bytes: one Outlines regex may be a mebibyte."""
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cached_bytes -= _size(old)
         self._cache[key] = result
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._cached_bytes += _size(result)
+        while self._cache and (
+            len(self._cache) > self.cache_size or self._cached_bytes > self.cache_bytes
+        ):
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= _size(evicted)
+
+    @property
+    def cached_bytes(self) -> int:
+        """What the cached verdicts hold: their grammars' and errors' text."""
+        return self._cached_bytes
 
     @property
     def restarts(self) -> int:
@@ -237,3 +253,18 @@ def _message(constraint: Constraint, result: CompileResult) -> str:
     if len(error) > _MAX_ERROR_CHARS:  # some backends quote the whole offending subschema
         error = error[:_MAX_ERROR_CHARS] + "..."
     return f"{what} cannot be enforced by the {constraint.backend} backend: {error}"
+
+
+def _size(result: CompileResult) -> int:
+    """The bytes a verdict keeps alive: its grammar's text (whichever field the backend
+    uses) and its error."""
+    params = result.params
+    texts = [result.error or ""]
+    if params is not None:
+        texts += [
+            params.regex or "",
+            params.grammar or "",
+            params.structural_tag or "",
+            json.dumps(params.json) if params.json is not None else "",
+        ]
+    return sum(len(text) for text in texts)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 import uvicorn
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from server.chat.service import ChatService
 
 __all__ = ["build_parser", "load_service", "main"]
+
+VLLM_LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
 
 log = logging.getLogger("server")
 
@@ -100,6 +103,7 @@ def load_service(settings: Settings) -> ChatService:
             backend=settings.structured_output_backend,
             timeout=settings.grammar_timeout,
             cache_size=settings.grammar_cache_size,
+            cache_bytes=int(settings.grammar_cache_mib * 2**20),
         )
         grammar.spawn()
         try:
@@ -163,6 +167,9 @@ def build_model(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # vLLM's own lines (its engine core's too: a child process reads the same variable) as
+    # JSON through server.logs, before vLLM is imported and configures its logging.
+    os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(VLLM_LOGGING_CONFIG))
     if argv[:1] == ["build-model"]:
         build_model(argv[1:])
         return

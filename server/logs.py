@@ -45,7 +45,8 @@ def _unfinished_is_a_warning(record: logging.LogRecord) -> bool:
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    for name in ("server", "grammars", "uvicorn.error"):
+    logging.captureWarnings(True)  # Python's warnings as lines of their own
+    for name in ("server", "grammars", "uvicorn.error", "py.warnings"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(level.upper())

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     """Seconds a schema may take to compile before the request gets a 400."""
     grammar_cache_size: int = Field(default=256, ge=0)
     """Compiled schemas remembered per model (in memory)."""
+    grammar_cache_mib: float = Field(default=64.0, ge=0)
+    """At most this much grammar text remembered per model (one Outlines regex may be a
+    mebibyte)."""
     eager: bool = False
     """Force every model's enforce_eager (no graph compilation): starts in seconds instead of
     a minute on CPU; the tests use it."""

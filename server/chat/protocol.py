@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_USER_CHARS = 256
+"""Longest ``user`` id: it is written into every access-log line."""
 MAX_ARGUMENT_DEPTH = 64
 """Deepest JSON in an assistant message's tool call arguments (as the body's default)."""
 
@@ -216,7 +218,7 @@ class ChatCompletionRequest(_Strict):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS)
     """The end-user's id; logged with the request id, never sent to the model."""
 
     # vLLM sampling extensions (sent through the SDKs' extra_body).

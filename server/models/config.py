@@ -30,8 +30,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(pattern=r"^[a-zA-Z0-9._-]{1,64}$")
-    """The id clients send as ``model`` (Cerebras's ids for Llama 3.1)."""
+    id: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+    """The id clients send as ``model`` (Cerebras's ids for Llama 3.1). It names the model's
+    folder in the cache, so it starts with a letter or digit: never ``.`` or ``..``."""
     description: str = ""
     """One line for ``/v1/models`` and the logs."""
     source: Literal["embedded", "tiny-random", "huggingface", "local"]

@@ -10,6 +10,7 @@ engine then fails the request itself (vLLM's finish reason ``error``). The clien
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -105,3 +106,22 @@ def test_a_stream_the_engine_fails_ends_with_an_error_event(server: ServerProces
                 assert choice.get("finish_reason") is None
                 assert not choice["delta"].get("tool_calls")
         assert engine_errors(client) == before + 1
+
+
+def test_vllm_logs_its_failure_as_json_lines(server: ServerProcess) -> None:
+    """vLLM's own lines, its engine core's included, go through the server's JSON handler."""
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": HELLO, "response_format": {"type": "json_object"}},
+        )
+        assert r.status_code == 500
+    failures = [
+        json.loads(line)
+        for line in server.log().splitlines()
+        if "Failed to compile grammar" in line
+    ]
+    assert failures, "the engine core did not log its failure"
+    for failure in failures:
+        assert failure["level"] == "error" and failure["logger"].startswith("vllm.")
+        assert "ValueError: Regex compilation timed out" in failure["exc"]

@@ -93,6 +93,10 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("missing architecture", {"load_format": "dummy", "architecture": "nope.json"}, ["nope"]),
     ("memory share over 1", {"gpu_memory_utilization": 1.5}, ["gpu_memory_utilization"]),
     ("bad id", {"id": "llama 3.1"}, ["id"]),
+    # The id names the model's cache folder, which the store removes and rebuilds.
+    ("current folder id", {"id": "."}, ["id"]),
+    ("parent folder id", {"id": ".."}, ["id"]),
+    ("hidden id", {"id": ".cache"}, ["id"]),
 ]
 
 

@@ -17,9 +17,11 @@ import time
 from typing import Any
 
 import pytest
+from vllm.sampling_params import StructuredOutputsParams
 
 from grammars import (
     BACKENDS,
+    CompileResult,
     Constraint,
     GrammarCompiler,
     RequestError,
@@ -463,3 +465,21 @@ def test_outlines_refuses_restricting_keywords_it_would_ignore() -> None:
         _schema_regex({"type": "array", "properties": {}, "additionalProperties": False})
     # A property merely named like a keyword is no keyword.
     assert _schema_regex({"type": "object", "properties": {"minimum": {"type": "integer"}}})
+
+
+def test_the_verdict_cache_is_bounded_in_bytes(smol_tokenizer: Any) -> None:
+    """Entries alone would let 256 one-MiB Outlines regexes stay in memory."""
+    compiler = GrammarCompiler(
+        smol_tokenizer, backend="outlines", cache_size=100, cache_bytes=10_000, warmup=False
+    )
+    try:
+        for i in range(5):
+            params = StructuredOutputsParams(regex="a" * 3_000)
+            compiler._remember(str(i), CompileResult(ok=True, seconds=0.0, params=params))
+            assert compiler.cached_bytes <= 10_000
+        assert list(compiler._cache) == ["2", "3", "4"]  # the oldest went first
+        assert compiler.cached_bytes == 9_000
+        compiler._remember("4", CompileResult(ok=False, seconds=0.0, error="e" * 100))
+        assert compiler.cached_bytes == 6_100  # a replaced entry is not counted twice
+    finally:
+        compiler.close()

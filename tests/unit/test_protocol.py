@@ -38,6 +38,7 @@ def error_for(**fields: Any) -> dict[str, Any]:
         ({"logit_bias": {"abc": 1}}, "logit_bias"),
         ({"logit_bias": {"1": -101}}, "logit_bias.1"),
         ({"messages": []}, "messages"),
+        ({"user": "u" * 257}, "user"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user"}]}, "messages[0]"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
