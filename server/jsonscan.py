@@ -24,10 +24,13 @@ thread leaves the event loop free (``server/limits.py``).
 
 Malformed JSON is not their business: the real parser refuses it afterwards with a better
 message. The scans are exact for valid JSON, and for a body that is not, exact up to its first
-error, which is as far as the parser gets.
+error, which is as far as the parser gets. Bodies in UTF-16 or UTF-32, which ``json.loads``
+accepts from bytes, are scanned as the UTF-8 text the parser sees.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -37,6 +40,22 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _QUOTE = ord('"')
 _CHUNK = 256 * 1024
 """Bytes per ``bytes.replace`` call, which holds the GIL: about 3 ms of work at worst."""
+
+
+def _as_utf8(raw: bytes) -> bytes:
+    """``raw`` as UTF-8, decoded the way ``json.loads`` decodes bytes (UTF-16 and UTF-32 too).
+
+    Scanned as they are, the bytes of UTF-16 would hide ``NaN`` (``N\\0a\\0N\\0``) and let a
+    character such as U+2200 (``\\0"``) pass for a quote. Text that does not decode is scanned
+    as it is: the parser refuses it before looking at its structure.
+    """
+    encoding = json.detect_encoding(raw)  # looks at the first four bytes only
+    if not encoding.startswith("utf-16") and not encoding.startswith("utf-32"):
+        return raw
+    try:
+        return raw.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
+    except UnicodeError:
+        return raw
 
 
 def _unescaped(raw: bytes) -> bytes:
@@ -83,7 +102,7 @@ def json_depth(data: bytes | str, at_least: int = 0) -> int:
     Returns early with a number <= ``at_least`` when ``data`` cannot be deeper than that
     (fewer opening brackets): the common, cheap case for a caller checking a limit.
     """
-    raw = data.encode() if isinstance(data, str) else data
+    raw = data.encode() if isinstance(data, str) else _as_utf8(data)
     opening = raw.count(b"[") + raw.count(b"{")
     if opening <= at_least:
         return min(at_least, opening)
@@ -97,7 +116,8 @@ def json_depth(data: bytes | str, at_least: int = 0) -> int:
 
 def has_nonfinite(data: bytes) -> bool:
     """True when ``NaN`` or ``Infinity`` appears outside string literals."""
-    if b"NaN" not in data and b"Infinity" not in data:
+    raw = _as_utf8(data)
+    if b"NaN" not in raw and b"Infinity" not in raw:
         return False
-    outside = _outside_strings(data)
+    outside = _outside_strings(raw)
     return b"NaN" in outside or b"Infinity" in outside

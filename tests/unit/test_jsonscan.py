@@ -145,3 +145,25 @@ def test_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch, chunk: int) -> N
     whole = [t.replace(b"\\\\", b"").replace(b'\\"', b"") for t in texts]
     monkeypatch.setattr(jsonscan, "_CHUNK", chunk)
     assert [jsonscan._unescaped(t) for t in texts] == whole
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+)
+def test_utf16_and_utf32_are_scanned_as_the_parser_reads_them(encoding: str) -> None:
+    """json.loads reads these from bytes; as raw bytes NaN is N\\0a\\0N\\0, and U+2200 holds
+    a quote byte (00 22) that would turn the real brackets after it into string contents."""
+    nan = '{"s": "\u2200", "t": NaN}'.encode(encoding)
+    deep = ('["\u2200", ' + "[" * 100 + '"x"' + "]" * 100 + "]").encode(encoding)
+    assert parsed(nan) == (1, True) and parsed(deep) == (101, False)
+    assert has_nonfinite(nan) and json_depth(deep) == 101
+    assert json_problem(nan, MAX_DEPTH).code == "invalid_json"  # type: ignore[union-attr]
+    assert json_problem(deep, MAX_DEPTH).code == "json_too_deep"  # type: ignore[union-attr]
+
+
+def test_utf16_at_the_body_limit() -> None:
+    text = ("[" + '"\\"\u2200[", ' * (LIMIT // 16 - 1) + "NaN]").encode("utf-16")
+    assert len(text) <= LIMIT
+    problem, seconds = timed(json_problem, text, MAX_DEPTH)
+    assert problem is not None and problem.code == "invalid_json"
+    assert seconds < BOUND
