@@ -1,10 +1,11 @@
 """Adversarial shapes of JSON text for the scans of ``server/jsonscan.py``, at any size.
 
-Each shape is a way a scan that backtracks, or that runs Python per byte, could be made slow
-(the first one took the string regex that the scans used before quadratic time: 12.7 s for
-80 KB, hours at the 4 MiB body limit), with the answers the scans must give at every size.
-``tests/unit/test_jsonscan.py`` checks them at the body limit; ``tests/e2e/test_hostile.py``
-sends them to the real server.
+Each shape is a way to make a scan slow if it backtracks or runs Python per byte, with the
+answers the scans must give at every size. On the first one, the string regex the scans used
+before took quadratic time: 8 s for 40 KB, about a day at the 4 MiB body limit.
+``tests/unit/test_jsonscan.py`` checks them at the body limit; ``tests/e2e/test_scan_shapes.py``
+sends them to the real server. ``python -m tests.scan_shapes`` times the request limits' scan
+(``json_problem``) on each, at the default limits.
 
 Shapes marked ``valid`` are JSON as Python's ``json`` reads it (``NaN`` included); the others
 are not, and their answers follow ``server.jsonscan``'s rule: an unterminated last string
@@ -13,10 +14,12 @@ counts as outside strings (its brackets count, its ``NaN`` is found).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import statistics
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["SHAPES", "Shape", "reference_scan"]
+__all__ = ["SHAPES", "Shape", "reference_scan", "scanned_bodies"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,41 @@ def reference_scan(text: bytes) -> tuple[int, bool]:
                         at_outside(text[i])
                         i += 1
     return max(0, deepest), b"NaN" in outside or b"Infinity" in outside
+
+
+def scanned_bodies(size: int, max_depth: int) -> Iterator[tuple[str, bytes, str]]:
+    """Each shape as a body of at most ``size`` bytes that the request limits' scans must read
+    whole, twice: with ``NaN`` after it (outside strings, found only by reading everything
+    before it) and behind ``max_depth + 1`` opening brackets (so the depth scan runs to the
+    end). Yields (name, body, the error code ``json_problem`` answers)."""
+    for shape in SHAPES:
+        text, _ = shape.build(size - 3)
+        yield f"{shape.id}+NaN", text + b"NaN", "invalid_json"
+        text, _ = shape.build(size - max_depth - 1)
+        code = "invalid_json" if shape.nonfinite else "json_too_deep"
+        yield f"[*{max_depth + 1}+{shape.id}", b"[" * (max_depth + 1) + text, code
+
+
+def main() -> None:
+    """Print json_problem's time on every body of ``scanned_bodies`` at the default limits
+    (median of 5 runs each), the slowest last."""
+    from server.limits import json_problem
+    from server.settings import Settings
+
+    settings = Settings()
+    times = []
+    for name, body, code in scanned_bodies(settings.max_request_bytes, settings.max_json_depth):
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            problem = json_problem(body, settings.max_json_depth)
+            runs.append(time.perf_counter() - started)
+        assert problem is not None and problem.code == code, name
+        times.append((statistics.median(runs), name))
+    for seconds, name in sorted(times):
+        print(f"{1000 * seconds:7.1f} ms  {name}")
+    print(f"{len(times)} bodies of {settings.max_request_bytes} bytes; the slowest above")
+
+
+if __name__ == "__main__":
+    main()

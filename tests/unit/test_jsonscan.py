@@ -19,7 +19,7 @@ import pytest
 from server.jsonscan import _outside_strings, has_nonfinite, json_depth
 from server.limits import json_problem
 from server.settings import Settings
-from tests.scan_shapes import SHAPES, Shape, reference_scan
+from tests.scan_shapes import SHAPES, Shape, reference_scan, scanned_bodies
 
 pytestmark = pytest.mark.reliability
 
@@ -167,3 +167,11 @@ def test_utf16_at_the_body_limit() -> None:
     problem, seconds = timed(json_problem, text, MAX_DEPTH)
     assert problem is not None and problem.code == "invalid_json"
     assert seconds < BOUND
+
+
+def test_the_bodies_sent_to_the_server_get_their_codes() -> None:
+    """The bodies of tests/e2e/test_scan_shapes.py, at 64 KiB: each refused as it expects."""
+    for name, body, code in scanned_bodies(64 * 1024, MAX_DEPTH):
+        assert len(body) <= 64 * 1024, name
+        problem = json_problem(body, MAX_DEPTH)
+        assert problem is not None and problem.code == code, name
