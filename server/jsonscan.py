@@ -2,13 +2,14 @@ r"""Cheap looks at raw JSON text before anything parses it: nesting depth, NaN a
 
 Python's ``json`` recurses once per level and raises ``RecursionError`` near 1,000 levels (and
 code that walks the parsed value recurses too), and it accepts ``NaN`` and ``Infinity``, which
-JSON does not. These scans run on every request body that could be refused, before the body is
-parsed, so whatever the client sends they must take time linear in its length, at C speed: a
-scan that is slower on some shape is a way to stall the server with one request.
+JSON does not. These scans read request bodies before they are parsed (and tool-call
+arguments), so whatever the client sends they must take time linear in its length, at C
+speed: a scan that is slower on some shape is a way to stall the server with one request.
 
 A regex that matches string literals is not linear: ``"[^"\\]*(?:\\.[^"\\]*)*"`` tried from
 every quote of an unterminated string of escaped quotes (``"\"\"\"...``) rescans the rest
-each time, so 80 KB took 12.7 s and 4 MiB would take hours. Instead (``_outside_strings``):
+each time, so 40 KB took 8 s and 4 MiB would take about a day (quadratic time). Instead
+(``_outside_strings``):
 
 1. ``bytes.replace`` deletes every pair of backslashes, then every backslash-quote (both left
    to right): a run of backslashes leaves one exactly when it is odd, and then it escapes the
@@ -20,7 +21,7 @@ Neither step backtracks, and no Python code runs per byte: a scan of 4 MiB takes
 milliseconds whatever its shape (``tests/unit/test_jsonscan.py`` times a catalogue of shapes
 at the body limit). numpy lets go of the GIL while it works and ``bytes.replace`` runs on 256
 KiB at a time, so no single step holds the GIL for more than about 10 ms: a scan in a worker
-thread leaves the event loop free (``server/limits.py``).
+thread leaves the event loop to serve other requests (``server/limits.py``).
 
 Malformed JSON is not their business: the real parser refuses it afterwards with a better
 message. The scans are exact for valid JSON, and for a body that is not, exact up to its first
