@@ -25,8 +25,8 @@ LIMIT = Settings().max_request_bytes
 DEPTH = Settings().max_json_depth
 HEALTH_BOUND = 1.0
 """Seconds for the slowest /health answer while the bodies are scanned: room for a loaded
-2-core CI machine (measured: well under 0.1 s on a quiet one, README "Limits"). The string
-regex the scans used before held the event loop for hours on the first body."""
+2-core CI machine (measured: 80 to 100 ms with other tests running beside, README "Limits").
+The string regex the scans used before held the event loop for hours on the first body."""
 POLL_PERIOD = 0.01
 
 
