@@ -37,6 +37,8 @@ FULL = ["--soak-requests", "1000", "--storm-clients", "200", "--fuzz-examples", 
 PARTS = {
     "test_hostile": "hostile inputs",
     "test_limits": "hostile inputs",
+    "test_jsonscan": "hostile inputs",
+    "test_scan_shapes": "hostile inputs",
     "test_openapi": "schema fuzzing",
     "test_injection": "prompt injection",
     "test_schema_fuzz": "schema fuzzing",

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from server.http.request_limits import RequestLimits, json_problem
+import server.http.request_limits
+from server.http.request_limits import SCAN_IN_THREAD_BYTES, RequestLimits, json_problem
+from server.settings import Settings
 
 pytestmark = pytest.mark.reliability
 
@@ -31,8 +34,8 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def post(content: bytes, **headers: str) -> httpx.Response:
-    app = RequestLimits(echo, **LIMITS)
+def post(content: bytes, app: Any = None, **headers: str) -> httpx.Response:
+    app = app or RequestLimits(echo, **LIMITS)
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
@@ -172,3 +175,39 @@ def test_json_depth(text: str, depth: int) -> None:
 
     assert json_depth(text) == depth
     assert json_depth(text.encode()) == depth
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        # The old string regex took hours on the first one, on the event loop.
+        (b'["' + b'\\"' * (2**21 - 8) + b"NaN", 400, "invalid_json"),
+        (b"[" * 65 + b'"' + b'\\"' * (2**21 - 40), 400, "json_too_deep"),
+        (b'["' + b"[" * (4 * 2**20 - 16) + b'", NaN]', 400, "invalid_json"),
+        (b"[" + b'"[{\\"",' * (2**19 - 1) + b"0]", 200, None),
+        (b'{"a": [' + b"[]," * 100 + b'"NaN"]}', 200, None),
+    ],
+    ids=["escape_storm", "deep_escape_storm", "brackets_in_string", "valid_4_mib", "small"],
+)
+def test_big_adversarial_bodies_are_scanned_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch, body: bytes, status: int, code: str | None
+) -> None:
+    """At the default 4 MiB limit, through the middleware: the same answer as inline, from a
+    worker thread when the body is over SCAN_IN_THREAD_BYTES (on the event loop otherwise)."""
+    limit = Settings().max_request_bytes
+    assert len(body) <= limit
+    on_loop: list[bool] = []
+    scan = server.http.request_limits.json_problem
+
+    def spy(raw: bytes, max_depth: int) -> Any:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return scan(raw, max_depth)
+
+    monkeypatch.setattr(server.http.request_limits, "json_problem", spy)
+    r = post(body, RequestLimits(echo, max_request_bytes=limit, max_json_depth=64))
+    assert r.status_code == status
+    if code is None:
+        assert r.json() == {"size": len(body)}
+    else:
+        assert error_of(r)["code"] == code
+    assert on_loop == [len(body) <= SCAN_IN_THREAD_BYTES]

@@ -1,0 +1,93 @@
+"""The adversarial JSON shapes of ``tests/support/scan_shapes.py`` at the 4 MiB body limit, sent to the
+real server (smollm2-135m) while another client polls ``/health``.
+
+Each shape goes twice, made to be read whole by the scans of ``server/http/jsonscan.py``: once with
+``NaN`` after it and once behind 65 opening brackets (``scanned_bodies``). Every body must get
+its 400 in the OpenAI envelope, and ``/health`` must keep answering meanwhile: the scans run
+in a worker thread (``server/http/request_limits.py``). The latencies are printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+
+from server.settings import Settings
+from tests.support.scan_shapes import scanned_bodies
+
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
+
+LIMIT = Settings().max_request_bytes
+DEPTH = Settings().max_json_depth
+HEALTH_BOUND = 1.0
+"""Seconds for the slowest /health answer while the bodies are scanned: room for a loaded
+2-core CI machine (measured: 80 to 100 ms with other tests running beside, README "Limits").
+The string regex the scans used before held the event loop for hours on the first body."""
+POLL_PERIOD = 0.01
+
+
+class HealthPoller:
+    """Polls /health every POLL_PERIOD from a thread, keeping each answer's latency."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.latencies: list[float] = []
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                status = client.get("/health").status_code
+                self.latencies.append(time.perf_counter() - started)
+                self.statuses.append(status)
+                self._stop.wait(POLL_PERIOD)
+
+    def __enter__(self) -> HealthPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def summary(self) -> str:
+        ms = sorted(1000 * s for s in self.latencies)
+        p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+        return (
+            f"{len(ms)} polls, median {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, "
+            f"worst {ms[-1]:.1f} ms"
+        )
+
+
+def test_scan_shapes_at_the_body_limit_leave_health_answering(smol_url: str) -> None:
+    with HealthPoller(smol_url) as idle:
+        time.sleep(2)
+    refused: list[tuple[str, float]] = []
+    with (
+        httpx.Client(base_url=smol_url, timeout=120) as client,
+        HealthPoller(smol_url) as busy,
+    ):
+        for name, body, code in scanned_bodies(LIMIT, DEPTH):
+            assert len(body) <= LIMIT, name
+            started = time.perf_counter()
+            r = client.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
+            refused.append((name, time.perf_counter() - started))
+            assert r.status_code == 400, (name, r.status_code, r.text[:300])
+            error = r.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}, (name, error)
+            assert error["code"] == code, (name, error)
+    name, seconds = max(refused, key=lambda item: item[1])
+    print(f"\n{len(refused)} bodies of 4 MiB refused; the slowest in {seconds:.3f} s ({name})")
+    print(f"/health idle: {idle.summary()}")
+    print(f"/health while scanning: {busy.summary()}")
+    assert set(idle.statuses) == {200} and set(busy.statuses) == {200}
+    assert max(busy.latencies) < HEALTH_BOUND, busy.summary()
