@@ -48,11 +48,11 @@ beyond that the connection is closed without reading on."""
 
 SCAN_IN_THREAD_BYTES = 64 * 1024
 """JSON bodies larger than this are scanned in a worker thread, smaller ones on the event loop.
-Measured over the shapes of tests/support/scan_shapes.py (the slowest shape's median, on a busy 2-core
-machine): 64 KiB scans in 0.7 ms, 256 KiB in 9 ms, 4 MiB in 65 ms, and the hop to a thread
-and back costs some 50 us. So a scan on the loop holds it for a millisecond at most, one in a
-thread lets go of the GIL at least every ~10 ms (``server.http.jsonscan``), and small bodies, the
-most common, pay nothing for the hop."""
+Measured over the shapes of tests/support/scan_shapes.py (the slowest shape's median, on a busy
+2-core machine): 64 KiB scans in 0.7 ms, 256 KiB in 9 ms, 4 MiB in 65 ms, and the hop to a thread
+and back costs some 50 us. So a scan on the loop holds it for a millisecond at most, one in a thread
+lets go of the GIL at least every ~10 ms (``server.http.jsonscan``), and small bodies, the most
+common, pay nothing for the hop."""
 
 
 def json_problem(body: bytes, max_depth: int) -> APIError | None:

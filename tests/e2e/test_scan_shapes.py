@@ -1,5 +1,5 @@
-"""The adversarial JSON shapes of ``tests/support/scan_shapes.py`` at the 4 MiB body limit, sent to the
-real server (smollm2-135m) while another client polls ``/health``.
+"""The adversarial JSON shapes of ``tests/support/scan_shapes.py`` at the 4 MiB body limit, sent
+to the real server (smollm2-135m) while another client polls ``/health``.
 
 Each shape goes twice, made to be read whole by the scans of ``server/http/jsonscan.py``: once with
 ``NaN`` after it and once behind 65 opening brackets (``scanned_bodies``). Every body must get

@@ -4,8 +4,8 @@ Each shape is a way to make a scan slow if it backtracks or runs Python per byte
 answers the scans must give at every size. On the first one, the string regex the scans used
 before took quadratic time: 8 s for 40 KB, about a day at the 4 MiB body limit.
 ``tests/unit/test_jsonscan.py`` checks them at the body limit; ``tests/e2e/test_scan_shapes.py``
-sends them to the real server. ``python -m tests.support.scan_shapes`` times the request limits' scan
-(``json_problem``) on each, at the default limits.
+sends them to the real server. ``python -m tests.support.scan_shapes`` times the request
+limits' scan (``json_problem``) on each, at the default limits.
 
 Shapes marked ``valid`` are JSON as Python's ``json`` reads it (``NaN`` included); the others
 are not, and their answers follow ``server.http.jsonscan``'s rule: an unterminated last string

@@ -1,7 +1,8 @@
-"""server.http.jsonscan on adversarial shapes at the full body limit: the right answers, in linear time.
+"""server.http.jsonscan on adversarial shapes at the full body limit: the right answers, in
+linear time.
 
-Every shape of ``tests/support/scan_shapes.py`` is scanned at the default body limit (4 MiB, the most
-a request can bring) within a bound generous for a loaded CI machine: the string regex the
+Every shape of ``tests/support/scan_shapes.py`` is scanned at the default body limit (4 MiB,
+the most a request can bring) within a bound generous for a loaded CI machine: the string regex the
 scans used before took hours on the first shape. Small versions of each shape are checked
 against Python's parser (the shapes it reads) or a byte-at-a-time reference lexer (the rest),
 and so are random short texts.
