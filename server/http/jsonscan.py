@@ -103,7 +103,7 @@ def json_depth(data: bytes | str, at_least: int = 0) -> int:
     Returns early with a number <= ``at_least`` when ``data`` cannot be deeper than that
     (fewer opening brackets): the common, cheap case for a caller checking a limit.
     """
-    raw = data.encode() if isinstance(data, str) else _as_utf8(data)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else _as_utf8(data)
     opening = raw.count(b"[") + raw.count(b"{")
     if opening <= at_least:
         return min(at_least, opening)

@@ -176,3 +176,9 @@ def test_the_bodies_sent_to_the_server_get_their_codes() -> None:
         assert len(body) <= 64 * 1024, name
         problem = json_problem(body, MAX_DEPTH)
         assert problem is not None and problem.code == code, name
+
+
+def test_a_lone_surrogate_in_tool_arguments_does_not_break_the_scan() -> None:
+    """Tool-call arguments arrive as a str that JSON's \\ud800 escape can make unencodable as
+    UTF-8; the depth scan must still answer (it used to raise the codec's own error)."""
+    assert json_depth('[{"a": "\ud800"}]') == 2
