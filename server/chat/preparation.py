@@ -7,6 +7,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from vllm import SamplingParams
 
@@ -53,8 +54,14 @@ class Prepared:
     from here."""
 
     @property
-    def fingerprint(self) -> str:
-        return f"fp_{self.model.id}"
+    def envelope(self) -> dict[str, Any]:
+        """The fields every response and chunk of this request carries."""
+        return {
+            "id": self.request_id,
+            "created": int(self.arrival),
+            "model": self.model.id,
+            "system_fingerprint": f"fp_{self.model.id}",
+        }
 
     @property
     def wants_tools(self) -> bool:

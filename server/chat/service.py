@@ -92,10 +92,7 @@ class ChatService:
         outcome = Outcome(states, len(prep.prompt_ids), time_info(last.metrics, prep.arrival))
         choices = [self._final_choice(prep, states[i]) for i in sorted(states)]
         return ChatCompletionResponse(
-            id=prep.request_id,
-            created=int(prep.arrival),
-            model=prep.model.id,
-            system_fingerprint=prep.fingerprint,
+            **prep.envelope,
             choices=choices,
             usage=outcome.usage,
             time_info=outcome.timing,
@@ -209,10 +206,7 @@ class ChatService:
         timing: TimeInfo | None = None,
     ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            id=prep.request_id,
-            created=int(prep.arrival),
-            model=prep.model.id,
-            system_fingerprint=prep.fingerprint,
+            **prep.envelope,
             choices=choices,
             usage=usage,
             time_info=timing,
