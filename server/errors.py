@@ -36,6 +36,7 @@ __all__ = [
     "SchemaError",
     "ServiceUnavailableError",
     "UnsupportedError",
+    "UnsupportedMediaTypeError",
     "from_library",
 ]
 
@@ -65,8 +66,11 @@ class APIError(Exception):
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
+        """OpenAI's envelope. ``status_code`` beside it is what the Cerebras SDK reads first
+        to choose its exception class, so a stream's error event (sent with a 200) raises
+        the same class as the error would as a response."""
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return {"error": error | self.extra}
+        return {"error": error | self.extra, "status_code": self.status}
 
 
 class BadRequestError(APIError):
@@ -134,6 +138,15 @@ class ContentTooLargeError(APIError):
     type = "invalid_request_error"
     default_code = "request_too_large"
     reason = "too_large"
+
+
+class UnsupportedMediaTypeError(APIError):
+    """A body in an encoding the server does not decode."""
+
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+    reason = "bad_request"
 
 
 class HeadersTooLargeError(ContentTooLargeError):

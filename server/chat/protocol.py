@@ -226,8 +226,10 @@ class ChatCompletionRequest(_Strict):
     """extension: sample from the k most likely tokens (-1 or 0: all)."""
     min_p: Probability | None = None
     """extension: drop tokens below min_p times the top probability."""
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
-    """extension: penalise tokens already in the prompt or output (1: off)."""
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=2.0)
+    """extension: penalise tokens already in the prompt or output (1: off). At least 0.01: the
+    engine divides logits by it, and a tinier one (the schema fuzzer sent 5e-324) overflows
+    them to infinity, after which the sampler picks tokens the grammar forbids."""
     min_tokens: int | None = Field(default=None, ge=0)
     """extension (also Cerebras): generate at least this many tokens before stopping."""
     ignore_eos: bool | None = None

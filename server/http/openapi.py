@@ -44,6 +44,8 @@ class ErrorResponse(BaseModel):
     """The body of every error answer."""
 
     error: ErrorDetail
+    status_code: int
+    """The HTTP status the error stands for (Cerebras): in a stream's error event too."""
 
 
 class HealthStatus(BaseModel):
@@ -58,7 +60,8 @@ _WHY = {
     404: "Unknown model or path.",
     405: "Method not allowed on this path.",
     408: "The request body did not arrive within the configured time.",
-    413: "Request body larger than the configured limit.",
+    413: "Request body larger than the configured limit (once inflated, for gzip).",
+    415: "A Content-Encoding other than gzip.",
     429: "Too many requests waiting, or a rate limit reached; see Retry-After.",
     431: "Request headers larger than the configured limit.",
     500: "A server bug; the message never carries a traceback.",
@@ -67,7 +70,7 @@ _WHY = {
 }
 _COMMON = (401, 405, 408, 431, 500, 503)
 _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("/v1/chat/completions", "post"): (400, 404, 413, 429, 504, *_COMMON),
+    ("/v1/chat/completions", "post"): (400, 404, 413, 415, 429, 504, *_COMMON),
     ("/v1/models", "get"): _COMMON,
     ("/v1/models/{model_id}", "get"): (404, *_COMMON),
     ("/health", "get"): _COMMON,

@@ -36,6 +36,7 @@ from server.errors import (
     ContentTooLargeError,
     HeadersTooLargeError,
 )
+from server.http.body_codecs import decode_body, is_encoded
 from server.http.gate import record_of
 from server.http.jsonscan import has_nonfinite, json_depth
 from server.settings import Settings
@@ -129,15 +130,36 @@ class RequestLimits:
             if size > self.max_request_bytes:
                 await _reply(self._too_large(size, more=True), scope, receive, send)
             return  # or the client went away: nobody to answer
-        if _is_json(scope):
-            if len(body) > SCAN_IN_THREAD_BYTES:
-                problem = await asyncio.to_thread(json_problem, body, self.max_json_depth)
-            else:
-                problem = json_problem(body, self.max_json_depth)
-            if problem is not None:
-                await _reply(problem, scope, receive, send)
-                return
+        headers = scope["headers"]
+        # Inflating and converting can make a small body large: off the loop too.
+        if len(body) > SCAN_IN_THREAD_BYTES or is_encoded(headers):
+            result = await asyncio.to_thread(self._decode_and_check, body, headers)
+        else:
+            result = self._decode_and_check(body, headers)
+        if isinstance(result, APIError):
+            await _reply(result, scope, receive, send)
+            return
+        body, decoded_headers = result
+        if decoded_headers is not headers:
+            scope = dict(scope, headers=decoded_headers)
         await self.app(scope, _replay(body, receive), send)
+
+    def _decode_and_check(
+        self, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]] | APIError:
+        """The body and headers the app should see (gzip and MessagePack decoded to JSON), or
+        why the request is refused."""
+        try:
+            decoded = decode_body(body, headers, self.max_request_bytes)
+        except APIError as error:
+            return error
+        if decoded is not None:
+            body, headers = decoded
+        if _is_json(headers):
+            problem = json_problem(body, self.max_json_depth)
+            if problem is not None:
+                return problem
+        return body, headers
 
     async def _read(self, receive: Receive) -> tuple[bytes, int, bool]:
         """The whole body, its size, and whether it was complete and within the limit."""
@@ -187,9 +209,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _is_json(scope: Scope) -> bool:
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
     """FastAPI parses a body as JSON when it has no content type or a JSON one."""
-    for key, value in scope["headers"]:
+    for key, value in headers:
         if key == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
             return media == b"application/json" or media.endswith(b"+json")

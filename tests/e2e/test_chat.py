@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import httpx
+import msgpack
 import openai
 import pytest
 from cerebras.cloud.sdk import Cerebras
@@ -195,3 +198,29 @@ def test_ignored_openai_fields_are_accepted(client: openai.OpenAI) -> None:
         user="alice",
     )
     assert r.choices[0].message.content is not None
+
+
+def test_livekit_cerebras_wire_gets_the_json_answer(smol_url: str) -> None:
+    """What livekit-plugins-cerebras 1.8.9 sends by default (its ``_CerebrasClient``: the
+    request as MessagePack, then gzip at level 5, with ``model`` a served id) gets the same
+    answer as the JSON request, and a gzip bomb a 413."""
+    payload = {
+        "model": MODEL,
+        "messages": HELLO,
+        "max_completion_tokens": 24,
+        "temperature": 0.7,
+        "seed": 11,
+        "user": "livekit-agent",
+    }
+    wire = gzip.compress(msgpack.packb(payload), compresslevel=5)
+    headers = {"Content-Type": "application/vnd.msgpack", "Content-Encoding": "gzip"}
+    with httpx.Client(base_url=smol_url, timeout=60) as http:
+        packed = http.post("/v1/chat/completions", content=wire, headers=headers)
+        plain = http.post("/v1/chat/completions", json=payload)
+        assert packed.status_code == plain.status_code == 200, packed.text
+        assert packed.json()["choices"] == plain.json()["choices"]
+        assert packed.json()["usage"] == plain.json()["usage"]
+        bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        body = bomb.compress(b" " * (64 * 2**20)) + bomb.flush()  # 64 MiB inflated, 64 KiB sent
+        r = http.post("/v1/chat/completions", content=body, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"

@@ -29,6 +29,11 @@ LAYOUTS: dict[str, tuple[str, int, int, str | None, str | None, str]] = {
     "llama3.1-70b-fp8-h200": ("llama3.1-70b", 1, 1, None, "fp8_per_channel", "auto"),
     "llama3.1-70b-fp8-2xh100": ("llama3.1-70b", 2, 1, None, "fp8_per_channel", "auto"),
     "llama3.1-70b-2nodes": ("llama3.1-70b", 8, 2, "ray", None, "auto"),
+    # Llama 3.3 70B: Llama 3.1 70B's architecture and chat format, the same layouts.
+    "llama-3.3-70b": ("llama-3.3-70b", 8, 1, None, None, "auto"),
+    "llama-3.3-70b-fp8-h200": ("llama-3.3-70b", 1, 1, None, "fp8_per_channel", "auto"),
+    "llama-3.3-70b-fp8-2xh100": ("llama-3.3-70b", 2, 1, None, "fp8_per_channel", "auto"),
+    "llama-3.3-70b-2nodes": ("llama-3.3-70b", 8, 2, "ray", None, "auto"),
 }
 
 

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from server.http.admission import Admission
 from server.http.ratelimit import RateLimiter
-from tests.support.fakes import FakeService, chat, running, sse_events
+from tests.support.fakes import MODEL, FakeService, chat, running, sse_events
 
 
 def rejected(reason: str) -> float:
@@ -169,3 +169,27 @@ def test_failed_generations_are_counted_per_model() -> None:
     assert r.status_code == 400 and r.json()["error"]["failed_generation"] == "{"
     assert failed() - before == 1
     assert rejected("bad_request") == bad_before  # a failed generation is not a rejection
+
+
+def test_the_cerebras_sdk_raises_the_error_class_of_a_stream_error_event() -> None:
+    """The stream is a 200, its error event a 504: the Cerebras SDK reads the event's
+    status_code, so it raises InternalServerError (5xx) as it would for a 504 response, not
+    its bare APIStatusError; OpenAI's SDK raises APIError with the same message."""
+    from cerebras.cloud.sdk import AsyncCerebras, InternalServerError
+
+    async def go() -> Exception:
+        async with running(FakeService(delay=5.0), request_timeout=0.2) as (client, _):
+            sdk = AsyncCerebras(api_key="k", base_url="http://test", http_client=client)
+            try:
+                stream = await sdk.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                async for _ in stream:
+                    pass
+            except Exception as exc:
+                return exc
+        raise AssertionError("the stream ended without an error")
+
+    error = asyncio.run(go())
+    assert isinstance(error, InternalServerError), type(error)
+    assert "longer than the server's limit" in str(error)

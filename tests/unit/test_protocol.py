@@ -39,6 +39,7 @@ def error_for(**fields: Any) -> dict[str, Any]:
         ({"logit_bias": {"1": -101}}, "logit_bias.1"),
         ({"messages": []}, "messages"),
         ({"user": "u" * 257}, "user"),
+        ({"repetition_penalty": 5e-324}, "repetition_penalty"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user"}]}, "messages[0]"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
