@@ -306,11 +306,18 @@ class ChoiceLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None = None
 
 
+def _omitted_when_null(default: Any = None) -> Any:
+    """A field left out of the JSON when it is None. Every other field is sent, null or not:
+    the wire follows OpenAI's schema and habits (absent ``tool_calls``, ``finish_reason: null``
+    on every chunk but the last)."""
+    return Field(default=default, exclude_if=lambda value: value is None)
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall] | None = _omitted_when_null()
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -359,9 +366,9 @@ class ToolCallDelta(BaseModel):
 
 
 class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
+    role: Literal["assistant"] | None = _omitted_when_null()
+    content: str | None = _omitted_when_null()
+    tool_calls: list[ToolCallDelta] | None = _omitted_when_null()
 
 
 class ChunkChoice(BaseModel):
@@ -378,8 +385,8 @@ class ChatCompletionChunk(BaseModel):
     model: str
     system_fingerprint: str
     choices: list[ChunkChoice]
-    usage: Usage | None = None
-    time_info: TimeInfo | None = None
+    usage: Usage | None = _omitted_when_null()
+    time_info: TimeInfo | None = _omitted_when_null()
 
 
 # ---------------------------------------------------------------- models

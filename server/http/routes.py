@@ -60,7 +60,7 @@ async def _sse(events: AsyncIterator[ChatCompletionChunk | APIError]) -> AsyncIt
         if isinstance(event, APIError):
             yield {"data": json.dumps(event.body())}
         else:
-            yield {"data": event.model_dump_json(exclude_none=True)}
+            yield {"data": event.model_dump_json()}
     yield {"data": "[DONE]"}
 
 

@@ -119,7 +119,7 @@ def _judge(kind: str, status: int, payload: bytes) -> tuple[str, str]:
             json.loads(choice["message"]["content"])
         except (TypeError, ValueError):
             return "error", f"not JSON: {choice['message']['content']!r}"[:300]
-    called = choice["message"]["tool_calls"] or choice["finish_reason"] == "length"
+    called = choice["message"].get("tool_calls") or choice["finish_reason"] == "length"
     if kind == "tools" and not called:
         return "error", f"no tool call: {choice['message']['content']!r}"[:300]
     return "ok", ""

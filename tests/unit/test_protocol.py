@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -113,3 +114,19 @@ def test_every_wrong_type_names_its_field(name: str, bad: Any) -> None:
         assert param.split(".")[0].split("[")[0] == name, (param, exc.errors()[0]["loc"])
     else:
         assert bad == "yes please" and name in {"model", "stop", "user"}  # strings, all three
+
+
+def test_wire_shape_follows_openai_schema() -> None:
+    """OpenAI's schema allows only an array for message.tool_calls (it omits the field) and
+    requires finish_reason, null until the last chunk, on every chunk's choice."""
+    from server.chat.protocol import ChatCompletionChunk, ChunkChoice, Delta, ResponseMessage
+
+    assert "tool_calls" not in ResponseMessage(content="hi").model_dump()
+    assert ResponseMessage(content="hi").model_dump()["refusal"] is None  # nullable, required
+    chunk = ChatCompletionChunk(
+        id="c", created=0, model="m", system_fingerprint="f",
+        choices=[ChunkChoice(index=0, delta=Delta(content="a"))],
+    )  # fmt: skip
+    choice = json.loads(chunk.model_dump_json())["choices"][0]
+    assert choice["finish_reason"] is None and choice["delta"] == {"content": "a"}
+    assert "usage" not in json.loads(chunk.model_dump_json())
