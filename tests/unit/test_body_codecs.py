@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from server.http.request_limits import RequestLimits
+from tests.support.asgi import read_body, reply_json
 
 pytestmark = pytest.mark.reliability
 
@@ -29,17 +30,10 @@ JSON = json.dumps(PAYLOAD, ensure_ascii=False, separators=(",", ":")).encode()
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with the body it was handed and the headers that describe it."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     headers = {k.decode(): v.decode() for k, v in scope["headers"]}
     described = {k: headers.get(k) for k in ("content-type", "content-encoding", "content-length")}
-    payload = json.dumps({"body": body.decode(), "headers": described}).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": payload})
+    await reply_json(send, {"body": body.decode(), "headers": described})
 
 
 def post(content: bytes, **headers: str) -> httpx.Response:

@@ -15,6 +15,7 @@ import pytest
 import server.http.request_limits
 from server.http.request_limits import SCAN_IN_THREAD_BYTES, RequestLimits, json_problem
 from server.settings import Settings
+from tests.support.asgi import read_body, reply_json
 
 pytestmark = pytest.mark.reliability
 
@@ -23,15 +24,7 @@ LIMITS = {"max_request_bytes": 1000, "max_header_bytes": 2000, "max_json_depth":
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with the size of the body it was handed."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    payload = json.dumps({"size": len(body)}).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": payload})
+    await reply_json(send, {"size": len(await read_body(receive))})
 
 
 def post(content: bytes, app: Any = None, **headers: str) -> httpx.Response:
