@@ -35,8 +35,9 @@ def assert_measured_time_info(
       (``total_time``) took time; so did decoding (``completion_time``) when more than one
       token was generated (it spans the first token to the last);
     - the phases fit in the total: ``queue + prompt + completion <= total``;
-    - ``created`` is the request's arrival: between sending and receiving, and the response's
-      own ``created`` (whole seconds) is that time truncated.
+    - ``total_time`` is no longer than the client's own wait;
+    - ``created`` is the request's arrival: between sending and receiving, and within a second
+      of the response's own ``created`` (whole seconds).
     """
     values = info if isinstance(info, dict) else {k: getattr(info, k) for k in FIELDS}
     assert set(values) == FIELDS, values
@@ -56,6 +57,9 @@ def assert_measured_time_info(
         values,
         received_at,
     )
-    assert values["created"] + total <= received_at + CLOCK_EPSILON, (values, received_at)
+    # Whether total_time starts at the request's arrival or when it was parsed, it lies within
+    # what the client saw.
+    assert total <= received_at - sent_at + CLOCK_EPSILON, (sent_at, values, received_at)
     if created is not None:
-        assert created == int(values["created"]), (created, values)
+        # The same moment in whole seconds (within one: the two may be stamped a moment apart).
+        assert abs(values["created"] - created) <= 1, (created, values)
