@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import zlib
 
 import httpx
@@ -11,6 +12,8 @@ import msgpack
 import openai
 import pytest
 from cerebras.cloud.sdk import Cerebras
+
+from tests.support.timing import assert_measured_time_info
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +32,9 @@ def cerebras(smol_url: str) -> Cerebras:
 
 
 def test_plain_answer_has_openai_and_cerebras_fields(client: openai.OpenAI) -> None:
+    sent_at = time.time()
     r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, temperature=0)
+    received_at = time.time()
     assert r.id.startswith("chatcmpl-") and r.object == "chat.completion"
     assert r.model == MODEL and r.system_fingerprint
     choice = r.choices[0]
@@ -37,10 +42,13 @@ def test_plain_answer_has_openai_and_cerebras_fields(client: openai.OpenAI) -> N
     assert choice.finish_reason in ("stop", "length")
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     assert 0 < r.usage.completion_tokens <= 24
-    info = r.model_extra["time_info"]
-    assert set(info) == {"queue_time", "prompt_time", "completion_time", "total_time", "created"}
-    assert 0 <= info["queue_time"] <= info["total_time"]
-    assert info["prompt_time"] + info["completion_time"] <= info["total_time"]
+    assert_measured_time_info(
+        r.model_extra["time_info"],
+        completion_tokens=r.usage.completion_tokens,
+        sent_at=sent_at,
+        received_at=received_at,
+        created=r.created,
+    )
 
 
 def test_prompt_tokens_count_the_rendered_prompt(client: openai.OpenAI) -> None:
@@ -123,6 +131,7 @@ def test_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_stream_shape(client: openai.OpenAI) -> None:
+    sent_at = time.time()
     chunks = list(
         client.chat.completions.create(
             model=MODEL,
@@ -133,12 +142,20 @@ def test_stream_shape(client: openai.OpenAI) -> None:
             stream_options={"include_usage": True},
         )
     )
+    received_at = time.time()
     assert chunks[0].choices[0].delta.role == "assistant"
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert len(final) == 1 and final[0].model_extra.get("time_info")
+    assert len(final) == 1
     assert final[0].usage is None  # in the usage chunk only, so it is not counted twice
     usage_only = chunks[-1]
     assert usage_only.choices == [] and usage_only.usage.completion_tokens > 0
+    assert_measured_time_info(
+        final[0].model_extra["time_info"],
+        completion_tokens=usage_only.usage.completion_tokens,
+        sent_at=sent_at,
+        received_at=received_at,
+        created=final[0].created,
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     plain = client.chat.completions.create(
         model=MODEL, messages=HELLO, max_tokens=12, temperature=0
@@ -158,10 +175,19 @@ def test_raw_stream_ends_with_done(smol_url: str) -> None:
 
 
 def test_cerebras_sdk_plain_and_stream(cerebras: Cerebras) -> None:
+    sent_at = time.time()
     r = cerebras.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10)
+    received_at = time.time()
     assert r.choices[0].message.content
-    assert r.time_info.total_time > 0
     assert r.usage.completion_tokens > 0
+    # The Cerebras SDK's own TimeInfo type reads the same five fields.
+    assert_measured_time_info(
+        r.time_info,
+        completion_tokens=r.usage.completion_tokens,
+        sent_at=sent_at,
+        received_at=received_at,
+        created=r.created,
+    )
     text = ""
     for chunk in cerebras.chat.completions.create(
         model=MODEL, messages=HELLO, max_tokens=10, stream=True

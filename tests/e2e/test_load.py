@@ -9,10 +9,13 @@ are printed and recorded for ``python -m tests.support.reliability``.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -34,6 +37,28 @@ LONG = {
 }
 RSS_GROWTH_MIB = 256
 """Largest growth of the API process's memory allowed over a soak (after warm-up)."""
+JSON_CUT_OFF_RATE = 0.092
+"""The measured share of the soak's JSON-mode answers that max_tokens cuts off (a Cerebras
+``json_validate_failed`` 400; SmolLM2-135M sampled at temperature 1 sometimes rambles inside a
+string), with ``loadgen.KINDS["json"]`` as it is now, on 2026-11-29: 76 of 826 (20 of 296 asked
+alone 8 at a time, 4 of 30 in a CI-size soak, 52 of 500 in a 2,000-request soak). The cut-off
+is the only way JSON mode fails: Outlines only lets the model write valid JSON, so an answer
+that ends by itself is valid. With 192 tokens instead of 96 the rate was 4% (8 of 200 asked
+alone): not worth doubling what each failure costs."""
+FALSE_ALARM = 1e-4
+"""The chance that a soak fails on JSON cut-offs alone while the true rate is the measured one."""
+
+
+def binomial_ceiling(n: int, rate: float, alpha: float = FALSE_ALARM) -> int:
+    """The smallest k such that more than k successes of ``n`` trials at ``rate`` have
+    probability below ``alpha``."""
+    tail, k = 1.0, 0
+    while k <= n:
+        tail -= math.comb(n, k) * rate**k * (1 - rate) ** (n - k)  # now P(X > k)
+        if tail < alpha:
+            return k
+        k += 1
+    return n
 
 
 def probe_seconds(url: str, repeat: int = 3) -> float:
@@ -84,73 +109,180 @@ def test_soak_mixed_requests(smol_server: ServerProcess) -> None:
         streams_complete=tally.count("ok", "stream"),
     )
     assert lost == 0, tally.examples("lost")
+    # A tools answer that is not a call (cut off by max_tokens included) is an error.
     assert errors == 0, tally.examples("error")
     # JSON mode may be cut off by max_tokens (Cerebras's json_validate_failed); nothing else.
     refused = [o for o in tally.outcomes if o.verdict == "refused"]
     assert all(o.kind == "json" and o.detail == "json_validate_failed" for o in refused), [
         (o.kind, o.detail) for o in refused
     ][:5]
-    assert tally.count("ok", "json") >= tally.count("refused", "json")
+    json_sent = sum(o.kind == "json" for o in tally.outcomes)
+    ceiling = binomial_ceiling(json_sent, JSON_CUT_OFF_RATE)
+    assert len(refused) <= ceiling, (
+        f"{len(refused)} of {json_sent} JSON answers cut off; at the measured rate "
+        f"{JSON_CUT_OFF_RATE:.1%} more than {ceiling} has a chance below {FALSE_ALARM:g}"
+    )
     assert growth < RSS_GROWTH_MIB
 
 
-async def _storm(url: str, clients: int) -> tuple[int, int]:
-    """Clients that give up: half while streaming (after 1 to 5 events), half before any
-    answer (after 0.2 to 2 s, many of them still waiting in the engine's queue)."""
-    rng = random.Random(1)
-    dropped_streaming = dropped_waiting = 0
+STORM_WAVE = 80
+"""Clients dropped at once: more than smollm2-135m's max_num_seqs (64), so that each wave
+leaves some of its requests waiting in the engine's queue when their clients go."""
+NOTICED_WITHIN_S = 5.0
+"""How soon after a client went away the server must have ended its request (its access-log
+line is written when the handler returns, after the engine request was aborted)."""
 
-    async def streaming(client: httpx.AsyncClient, events: int) -> None:
-        nonlocal dropped_streaming
-        async with client.stream("POST", "/v1/chat/completions", json=LONG | {"stream": True}) as r:
+
+@dataclass
+class Dropped:
+    """One client of the storm that went away: its request id and when it left."""
+
+    request_id: str
+    streaming: bool
+    left_after_s: float = 0.0
+
+
+async def _storm(url: str, wave: int, first: int, rng: random.Random) -> list[Dropped]:
+    """``wave`` clients that give up: half while streaming (after 1 to 5 events), half before
+    any answer (after 0.2 to 2 s, some of them still waiting in the engine's queue)."""
+    dropped: list[Dropped] = []
+
+    async def streaming(client: httpx.AsyncClient, drop: Dropped, events: int) -> None:
+        started = time.monotonic()
+        body, headers = LONG | {"stream": True}, {"x-request-id": drop.request_id}
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
             seen = 0
             async for line in r.aiter_lines():
                 seen += line.startswith("data: ")
                 if seen >= events:
-                    dropped_streaming += 1
+                    drop.left_after_s = time.monotonic() - started
+                    dropped.append(drop)
                     return
 
-    async def waiting(client: httpx.AsyncClient, after: float) -> None:
-        nonlocal dropped_waiting
+    async def waiting(client: httpx.AsyncClient, drop: Dropped, after: float) -> None:
+        started = time.monotonic()
+        headers = {"x-request-id": drop.request_id}
         try:
-            await client.post("/v1/chat/completions", json=LONG, timeout=after)
+            await client.post("/v1/chat/completions", json=LONG, headers=headers, timeout=after)
         except httpx.TimeoutException:
-            dropped_waiting += 1
+            drop.left_after_s = time.monotonic() - started
+            dropped.append(drop)
 
-    limits = httpx.Limits(max_connections=clients)
+    limits = httpx.Limits(max_connections=wave)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        jobs = [
-            streaming(client, rng.randint(1, 5)) if i % 2 else waiting(client, rng.uniform(0.2, 2))
-            for i in range(clients)
-        ]
+        jobs = []
+        for i in range(first, first + wave):
+            drop = Dropped(f"storm-{i}", streaming=bool(i % 2))
+            jobs.append(
+                streaming(client, drop, rng.randint(1, 5))
+                if drop.streaming
+                else waiting(client, drop, rng.uniform(0.2, 2))
+            )
         await asyncio.gather(*jobs)
-    return dropped_streaming, dropped_waiting
+    return dropped
 
 
-def test_disconnect_storm_leaves_the_engine_idle(smol_url: str) -> None:
-    """Many clients drop mid-stream and mid-queue; afterwards the engine holds nothing and the
-    next request is served at normal speed."""
-    clients = size("storm-clients")
-    wait_idle(smol_url, timeout=60)
-    before = probe_seconds(smol_url)
-    dropped_streaming, dropped_waiting = asyncio.run(_storm(smol_url, clients))
-    settle = wait_idle(smol_url, timeout=60)
-    after = probe_seconds(smol_url)
-    print(f"\nstorm: {clients} clients dropped ({dropped_streaming} streaming, "
-          f"{dropped_waiting} waiting); engine idle after {settle:.1f} s; "
-          f"probe {before:.2f} s -> {after:.2f} s")  # fmt: skip
+def access_lines(log: str) -> dict[str, dict[str, object]]:
+    """The server's access-log lines by request id."""
+    lines = {}
+    for text in log.splitlines():
+        if text.startswith("{") and '"logger": "server.access"' in text:
+            line = json.loads(text)
+            lines[str(line["request_id"])] = line
+    return lines
+
+
+def logged(server: ServerProcess, request_ids: list[str]) -> dict[str, dict[str, object]]:
+    """The access-log lines, once every one of ``request_ids`` has its line (the gate writes it
+    as the handler returns, a moment after the engine let the request go), or after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = access_lines(server.log())
+        if all(i in lines for i in request_ids) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
+def drop_seen(drop: Dropped, line: dict[str, object] | None) -> str:
+    """Why the server's account of ``drop`` is wrong, or "" when it ended the request soon
+    after its client left, without finishing it."""
+    if line is None:
+        return "no access-log line"
+    # A dropped stream had started (200) but never reached its final chunk, which carries
+    # usage; a client gone before any answer is nginx's 499.
+    if drop.streaming and (line["status"] != 200 or "usage" in line):
+        return f"stream not cut short: {line}"
+    if not drop.streaming and line["status"] != 499:
+        return f"not a 499: {line}"
+    took = float(str(line["duration_s"]))
+    if took > drop.left_after_s + NOTICED_WITHIN_S:
+        return f"ended after {took} s, its client left after {drop.left_after_s:.1f} s"
+    return ""
+
+
+def normal_answer(url: str, seconds_normal: float) -> str:
+    """Why a short request is not answered as usual, or "" when it is."""
+    health = httpx.get(f"{url}/health", timeout=10)
+    if health.status_code != 200:
+        return f"/health {health.status_code}"
+    started = time.monotonic()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body | {"ignore_eos": True}, timeout=60)
+    took = time.monotonic() - started
+    if r.status_code != 200:
+        return f"status {r.status_code}: {r.text[:200]}"
+    answer = r.json()
+    choice = answer["choices"][0]
+    if answer["usage"]["completion_tokens"] != 8 or choice["finish_reason"] != "length":
+        return f"not 8 tokens cut by max_tokens: {answer}"
+    if not choice["message"]["content"]:
+        return "empty content"
+    if took > 3 * seconds_normal + 1:
+        return f"took {took:.2f} s, normally {seconds_normal:.2f} s"
+    return ""
+
+
+def test_disconnect_storm_leaves_the_engine_idle(smol_server: ServerProcess) -> None:
+    """Waves of clients drop mid-stream and mid-queue. Each dropped request is ended by the
+    server soon after its client left (its own access-log line), and after each wave the
+    engine holds nothing, /health is 200 and a short request is answered correctly at normal
+    speed. A client counts as a fault survived only when both hold."""
+    url, clients = smol_server.base_url, size("storm-clients")
+    rng = random.Random(1)
+    wait_idle(url, timeout=60)
+    before = probe_seconds(url)
+    survived, settles, problems, checks_passed = 0, [], [], 0
+    for first in range(0, clients, STORM_WAVE):
+        wave = min(STORM_WAVE, clients - first)
+        dropped = asyncio.run(_storm(url, wave, first, rng))
+        settles.append(wait_idle(url, timeout=60))
+        after = normal_answer(url, before)
+        lines = logged(smol_server, [drop.request_id for drop in dropped])
+        seen = [(drop, drop_seen(drop, lines.get(drop.request_id))) for drop in dropped]
+        problems += [f"{d.request_id}: {why}" for d, why in seen if why]
+        if after:
+            problems.append(f"after clients {first} to {first + wave - 1}: {after}")
+        checks_passed += not after
+        survived += 0 if after else sum(not why for _, why in seen)
+        assert len(dropped) == wave, f"{wave - len(dropped)} clients got an answer instead"
+    after_s = probe_seconds(url)
+    streaming = sum(i % 2 for i in range(clients))
+    print(f"\nstorm: {clients} clients dropped ({streaming} streaming, {clients - streaming} "
+          f"waiting) in waves of {STORM_WAVE}; {survived} survived; engine idle after "
+          f"{max(settles):.1f} s at worst; probe {before:.2f} s -> {after_s:.2f} s")  # fmt: skip
+    waves = len(settles)
     record(
         "disconnect_storm",
         faults_injected=clients,
-        faults_survived=clients if after < 3 * before + 1 else 0,
-        requests_sent=6,  # the probes; the storm's own requests are the faults
-        requests_served=6,
-        idle_after_s=round(settle, 1),
+        faults_survived=survived,
+        requests_sent=6 + waves,  # the probes and each wave's check; the storm's are the faults
+        requests_served=6 + checks_passed,
+        idle_after_s=round(max(settles), 1),
         probe_before_s=round(before, 2),
-        probe_after_s=round(after, 2),
+        probe_after_s=round(after_s, 2),
     )
-    assert dropped_streaming + dropped_waiting == clients
-    assert after < 3 * before + 1, (before, after)
+    assert not problems, problems[:5]
+    assert survived == clients
 
 
 BIG = LONG | {"stream": True, "n": 4, "logprobs": True, "top_logprobs": 20}

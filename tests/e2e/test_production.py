@@ -30,6 +30,7 @@ from server.models.config import CONFIG_DIR
 from tests.support.path_spellings import PATH_SPELLINGS
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.sse import sse_data
+from tests.support.timing import assert_measured_time_info
 
 pytestmark = pytest.mark.e2e
 
@@ -301,14 +302,24 @@ def test_rate_limit_headers_per_key(guarded: ServerProcess) -> None:
 
 
 def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
+    sent_at = time.time()
     r = chat(guarded.base_url, headers=AUTH | {"x-request-id": "e2e-log-7"}, user="alice-42")
+    received_at = time.time()
     assert r.headers["x-request-id"] == "e2e-log-7"
     line = _log_line(guarded.log_path, "e2e-log-7")
     assert line["logger"] == "server.access" and line["status"] == 200
     assert line["model"] == MODEL and line["user"] == "alice-42"
     assert line["id"] == r.json()["id"] and line["key_id"].startswith("key-")
     assert line["usage"] == r.json()["usage"]
-    assert set(line["time_info"]) >= {"queue_time", "prompt_time", "total_time"}
+    # The answer's own measurement, logged as sent (not a second, different clock reading).
+    assert line["time_info"] == r.json()["time_info"]
+    assert_measured_time_info(
+        line["time_info"],
+        completion_tokens=r.json()["usage"]["completion_tokens"],
+        sent_at=sent_at,
+        received_at=received_at,
+        created=r.json()["created"],
+    )
     assert "sea" not in json.dumps(line) and KEY not in guarded.log()  # no prompts, no keys
     starts = [json.loads(x) for x in guarded.log().splitlines() if x.startswith("{")]
     ready = next(x for x in starts if x["msg"] == "ready")

@@ -1,8 +1,39 @@
-"""Llama 3.1 prompts, checked token for token against Meta's reference encoder.
+"""Llama 3.1 prompts, checked token for token against Meta's reference encoder, and the
+texts Meta's prompt generators write.
 
 Every conversation of the corpus is rendered by ``Llama3`` and encoded with the converted
 Hugging Face tokenizer, then mapped onto Meta's ``RawMessage`` types (the mapping documented
 in ``server/models/formats/llama3.py``) and encoded by ``llama_models``' ``ChatFormat``.
+
+What has a Meta reference, and where it comes from:
+
+- the layout (headers, roles, ``ipython``, ``<|eot_id|>``, assistant tool calls, how the text
+  is cut into tokens): ``ChatFormat.encode_dialog_prompt`` of the installed ``llama_models``;
+- the words of the system preamble (``Environment: ipython``, the knowledge-cutoff and date
+  lines) and of the tool turn (the instruction before the definitions, the line after them,
+  the blank lines between): Meta's generators ``BuiltinToolGenerator``,
+  ``SystemDefaultGenerator`` and ``JsonCustomToolGenerator``. The installed ``llama_models``
+  (0.3.0) no longer ships them (llama-models 0.1.2 was the last release that did); it ships
+  their output, the JSON tool-calling example of ``llama3_1/prompt_format.md`` (the same text,
+  byte for byte, as those generators and ``LLama31Interface.system_messages`` of
+  llama-models 0.1.0 write for that example). The Meta side of the corpus check takes those
+  words from that file, never from our code.
+
+What deliberately differs from that output (checked in ``test_differences_from_meta_...``):
+
+- the tool definitions: Meta's generator rewrites each parameter as ``{"type": "object",
+  "description": ...}`` in a list (its tool type has no JSON Schema), writes ``"None"`` for a
+  missing description and an empty parameter block for a tool without parameters; we show the
+  client's ``{"type": "function", "function": {...}}`` as sent, types and all, as
+  ``json.dumps(indent=4)`` writes it (so ``"required"`` spans lines, where Meta writes it on
+  one), leaving out fields the client did not set. The model needs the real types to fill in
+  the arguments the grammar then enforces;
+- the end of the system turn: ``LLama31Interface`` appends a newline after the client's system
+  message (and ends a preamble without one with a single newline); we render the client's
+  message as sent after the date lines and a blank line, with nothing after it, as Meta's
+  Hugging Face chat template joins them (Meta's llama-stack puts a single newline before the
+  message and nothing after: Meta's own stacks disagree here). We never add text after a
+  client's message.
 """
 
 from __future__ import annotations
@@ -203,26 +234,71 @@ TOOLSETS: dict[str, list[dict[str, Any]] | None] = {
     "all": [WEATHER, SEARCH, NO_ARGS, NESTED],
 }
 CORPUS = list(itertools.product(DIALOGS, SYSTEMS, TOOLSETS))
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_corpus_is_large_enough() -> None:
-    assert len(CORPUS) >= 50
+def test_corpus_size_is_the_one_the_readme_states() -> None:
+    stated = re.search(r"over a corpus of (\d+) conversations", README.read_text())
+    assert stated is not None, "the README no longer states the corpus size"
+    assert len(CORPUS) == int(stated.group(1)) == 216
+    assert len(set(CORPUS)) == len(CORPUS)
 
 
 # ---------------------------------------------------------------- Meta's side
 
 TODAY = "26 July 2024"
+MD_TODAY = "21 September 2024"
+"""The date in Meta's documented example."""
+
+
+def meta_json_tool_example() -> tuple[str, list[str]]:
+    """Meta's documented JSON tool-calling prompt (``prompt_format.md``, the output of its
+    generators) and its turns' contents: system, tool definitions, user question."""
+    md = (Path(llama_models.__file__).parent / "llama3_1" / "prompt_format.md").read_text()
+    section = md.split("## JSON based tool calling")[1]
+    prompt = re.findall(r"```\n(.*?)\n```", section, re.S)[0]
+    turns = prompt.split("<|eot_id|>")[:3]
+    return prompt, [t.split("<|end_header_id|>\n\n", 1)[1] for t in turns]
+
+
+_, (MD_SYSTEM, MD_TOOLS, _) = meta_json_tool_example()
+MD_INSTRUCTION = "You are a helpful assistant."
+"""The client's system message in Meta's example; its generator appends a newline to it."""
+assert MD_SYSTEM.endswith(f"\n\n{MD_INSTRUCTION}\n")
+META_ENVIRONMENT, META_DATES = MD_SYSTEM.removesuffix(f"{MD_INSTRUCTION}\n").split("Cutting")
+META_DATES = "Cutting" + META_DATES  # "Cutting Knowledge Date: ...\nToday Date: <date>\n\n"
+META_TOOL_HEADER = MD_TOOLS[: MD_TOOLS.index("{")]
+META_TOOL_FOOTER = MD_TOOLS[MD_TOOLS.rindex("}") + 2 :]
+"""After the definitions (each ends with a newline): a blank line, then Meta's request."""
+
+
+def meta_system_text(system: str, tools: bool) -> str:
+    """The system turn with Meta's words, joined as in Meta's example except for the newline
+    Meta's generator appends after the client's message (see the module's docstring)."""
+    environment = META_ENVIRONMENT if tools else ""
+    return environment + META_DATES.replace(MD_TODAY, TODAY) + system
+
+
+def shown_definitions(tools: list[Tool]) -> str:
+    """The definitions as we show them, written independently of ``tool_prompt``: each tool
+    as the client sent it (without ``strict`` and unset fields), indented JSON, one a line."""
+    shown = []
+    for tool in tools:
+        function = tool.function.model_dump(exclude_none=True, exclude={"strict"})
+        text = json.dumps({"type": "function", "function": function}, indent=4, ensure_ascii=False)
+        shown.append(text + "\n")
+    return "".join(shown)
 
 
 def meta_messages(messages: list[ChatMessage], tools: list[Tool] | None) -> list[RawMessage]:
-    """Our request mapped onto Meta's types, as Meta's stack lays out custom JSON tools."""
+    """Our request mapped onto Meta's types, as Meta's stack lays out custom JSON tools, with
+    the words of Meta's generators (taken from its documented example)."""
     rest = list(messages)
     system = rest.pop(0).text if rest and rest[0].role in ("system", "developer") else ""
-    environment = "Environment: ipython\n\n" if tools else ""
-    preamble = f"{environment}Cutting Knowledge Date: December 2023\nToday Date: {TODAY}\n\n"
-    out = [RawMessage(role="system", content=preamble + system)]
+    out = [RawMessage(role="system", content=meta_system_text(system, bool(tools)))]
     if tools:
-        out.append(RawMessage(role="user", content=tool_system_text(tools)))
+        turn = META_TOOL_HEADER + shown_definitions(tools) + META_TOOL_FOOTER
+        out.append(RawMessage(role="user", content=turn))
     for m in rest:
         role = "system" if m.role == "developer" else m.role
         calls = [
@@ -260,31 +336,86 @@ def test_matches_meta_reference(
     assert ours == reference.tokens
 
 
-def test_matches_prompt_format_md_example() -> None:
-    """Meta's documented JSON tool-calling prompt, except the tool JSON itself: Meta's
-    generator rewrites the schema, we show the client's schema unchanged."""
-    md = (Path(llama_models.__file__).parent / "llama3_1" / "prompt_format.md").read_text()
-    section = md.split("## JSON based tool calling")[1]
-    expected = re.findall(r"```\n(.*?)\n```", section, re.S)[0]
-    songs = Tool(
-        type="function",
-        function={
-            "name": "trending_songs",
-            "description": "Returns the trending songs on a Music site",
-            "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}},
+SONGS = Tool(
+    type="function",
+    function={
+        "name": "trending_songs",
+        "description": "Returns the trending songs on a Music site",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "description": "The number of songs to return"},
+                "genre": {"type": "string", "description": "The genre of the songs to return"},
+            },
+            "required": ["n"],
         },
-    )
+    },
+)
+"""Meta's example tool as an OpenAI client sends it."""
+
+
+def meta_generator_form(tool: Tool) -> dict[str, Any]:
+    """What Meta's ``JsonCustomToolGenerator`` shows for ``tool``: every parameter becomes
+    ``{"type": "object", "description": ...}`` in a list, and ``required`` is kept."""
+    parameters = tool.function.parameters or {}
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.function.name,
+            "description": str(tool.function.description),
+            "parameters": {
+                "type": "object",
+                "properties": [
+                    {name: {"type": "object", "description": str(spec.get("description"))}}
+                    for name, spec in parameters.get("properties", {}).items()
+                ],
+                "required": parameters.get("required", []),
+            },
+        },
+    }
+
+
+def test_matches_meta_generated_example_but_for_the_documented_differences(
+    hf_tokenizer: Any, meta_tokenizer: Any
+) -> None:
+    """Meta's documented JSON tool-calling prompt, token for token, once the two deliberate
+    differences are applied to it: our tool definition (the client's schema) and no newline
+    appended to the client's system message."""
+    prompt, (_, definitions, _) = meta_json_tool_example()
     messages = [
-        ChatMessage(role="system", content="You are a helpful assistant.\n"),
+        ChatMessage(role="system", content=MD_INSTRUCTION),
         ChatMessage(role="user", content="Use tools to get latest trending songs"),
     ]
-    segments = Llama3(today="21 September 2024").render(messages, [songs])
-    ours = "".join(s.text for s in segments)
-    pattern = re.escape(TOOL_PROMPT_HEADER) + r".*?\n\n" + re.escape(TOOL_PROMPT_FOOTER)
-    between = re.compile(pattern, re.S)
-    assert between.subn("TOOLS", ours)[1] == 1
-    assert between.subn("TOOLS", expected)[1] == 1
-    assert between.sub("TOOLS", ours) == between.sub("TOOLS", expected)
+    segments = Llama3(today=MD_TODAY).render(messages, [SONGS])
+    expected = prompt.replace(f"{MD_INSTRUCTION}\n<|eot_id|>", f"{MD_INSTRUCTION}<|eot_id|>", 1)
+    meta_body = definitions[len(META_TOOL_HEADER) : -len(META_TOOL_FOOTER)]
+    expected = expected.replace(meta_body, shown_definitions([SONGS]), 1)
+    assert "".join(s.text for s in segments) == expected
+    assert encode_segments(segments, hf_tokenizer) == meta_tokenizer.encode(
+        expected, bos=False, eos=False, allowed_special="all"
+    )
+
+
+def test_differences_from_meta_generated_text_are_only_the_documented_ones() -> None:
+    _, (system, definitions, _) = meta_json_tool_example()
+    # The system turn: Meta's words; Meta's generator adds "\n" after the client's message.
+    ours = Llama3(today=MD_TODAY).system_text(MD_INSTRUCTION, tools=True)
+    assert ours + "\n" == system
+    # The tool turn: Meta's instruction, then the definitions, then a blank line and Meta's
+    # request, byte for byte; only the definitions differ.
+    text = tool_system_text([SONGS])
+    assert text.startswith(META_TOOL_HEADER) and META_TOOL_HEADER == TOOL_PROMPT_HEADER
+    assert text.endswith(META_TOOL_FOOTER) and META_TOOL_FOOTER == "\n" + TOOL_PROMPT_FOOTER
+    ours_body = text[len(META_TOOL_HEADER) : -len(META_TOOL_FOOTER)]
+    meta_body = definitions[len(META_TOOL_HEADER) : -len(META_TOOL_FOOTER)]
+    # Both show the same tool: Meta in its generator's rewritten form, we as the client sent it.
+    assert json.loads(meta_body) == meta_generator_form(SONGS)
+    assert json.loads(ours_body) == SONGS.model_dump(exclude_none=True)
+    # Meta's JSON layout is json.dumps(indent=4)'s but for "required" on one line.
+    one_line = re.sub(r'"required": \[\s*("[^"]*")\s*\]', r'"required": [\1]', ours_body)
+    rewritten = json.dumps(meta_generator_form(SONGS), indent=4) + "\n"
+    assert re.sub(r'"required": \[\s*("[^"]*")\s*\]', r'"required": [\1]', rewritten) == meta_body
+    assert one_line != meta_body  # the schema itself differs, not only the layout
 
 
 # ---------------------------------------------------------------- prompt injection
