@@ -45,13 +45,17 @@ class FakeEngine:
         pass
 
 
+async def _nothing() -> None:
+    pass
+
+
 class FakePool:
     def __init__(self, max_num_seqs: int) -> None:
         config = SimpleNamespace(
             max_num_seqs=max_num_seqs, tensor_parallel_size=1, pipeline_parallel_size=1
         )
         self.model = SimpleNamespace(
-            id=MODEL, config=config, engine=FakeEngine(), created=0, grammar=None
+            id=MODEL, config=config, engine=FakeEngine(), created=0, grammar=None, warm_up=_nothing
         )
 
     def __iter__(self) -> Any:
