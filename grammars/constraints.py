@@ -21,6 +21,9 @@ Decisions, in the order they are taken:
   ``required``; with a JSON ``response_format`` the content must match it instead.
 * ``json_schema`` without a ``schema`` is treated as ``json_object``. ``strict`` is ignored:
   every schema is enforced, and one that cannot be is refused.
+* Objects that say nothing about keys beyond their ``properties`` get none
+  (:func:`~grammars.shape.closed`): a subset of what the schema allows, which small models
+  finish within an ordinary ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from vllm.sampling_params import StructuredOutputsParams
 from grammars.backends import backend as backend_named
 from grammars.errors import RequestError, UnsupportedError
 from grammars.schema_checks import check_schema, schema_validator
-from grammars.shape import EMPTY_PARAMETERS, Shape, ToolCallSyntax, call_schema
+from grammars.shape import EMPTY_PARAMETERS, Shape, ToolCallSyntax, call_schema, closed
 
 __all__ = ["Constraint", "ConstraintKind", "OutputRequest", "build_constraint"]
 
@@ -217,7 +220,7 @@ def _content(
     if response_format.type == "json_object" or schema is None:
         return "object", None
     check_schema(schema, param="response_format", what="response_format.json_schema.schema")
-    return "schema", schema
+    return "schema", closed(schema)
 
 
 def _parameters(tool: ToolSpec) -> dict[str, Any]:
@@ -225,4 +228,4 @@ def _parameters(tool: ToolSpec) -> dict[str, Any]:
     if params is None:
         return EMPTY_PARAMETERS
     check_schema(params, param="tools", what=f"the parameters of tool {tool.function.name!r}")
-    return params
+    return closed(params)

@@ -32,6 +32,7 @@ from grammars import (
     schema_validator,
 )
 from grammars.encode import outlines_regex
+from grammars.shape import closed
 from server.chat.protocol import ChatCompletionRequest
 from server.models.formats.tool_calls import LLAMA3_JSON
 from tests.support.loop_ticks import loop_ticks
@@ -88,11 +89,13 @@ def test_json_object() -> None:
 def test_json_schema_keeps_the_schema() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     c = constrain(request(response_format=schema_format(schema)), backend="guidance")
-    assert c is not None and (c.kind, c.schema) == ("json_schema", schema)
+    # Enforced closed: no keys beyond its properties (a subset of what the schema allows).
+    enforced = {**schema, "additionalProperties": False}
+    assert c is not None and (c.kind, c.schema) == ("json_schema", enforced)
     # llguidance takes its whitespace options from the schema it is given.
     sent = dict(c.structured_outputs.json)
     assert sent.pop("x-guidance")["whitespace_flexible"] is False
-    assert sent == schema
+    assert sent == enforced
     assert c.validate('{"a": 1}') is None
     assert "'a' is a required property" in (c.validate("{}") or "")
     assert "not valid JSON" in (c.validate("{'a': 1}") or "")
@@ -133,7 +136,7 @@ def test_recursion_that_moves_down_the_instance_is_accepted() -> None:
     }
     schema = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
     c = constrain(request(response_format=schema_format(schema)), backend="outlines")
-    assert c is not None and c.schema == schema
+    assert c is not None and c.schema == closed(schema)
 
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
