@@ -19,8 +19,9 @@ Decisions, in the order they are taken:
   :mod:`grammars.encode`). A named function: exactly one call to it.
 * ``auto``: non-empty free text that does not start with ``{``, or the calls as for
   ``required``; with a JSON ``response_format`` the content must match it instead.
-* ``json_schema`` without a ``schema`` is treated as ``json_object``. ``strict`` is ignored:
-  every schema is enforced, and one that cannot be is refused.
+* ``json_schema`` without a ``schema`` is treated as ``json_object``. Every schema is enforced,
+  and one that cannot be is refused; ``strict: true`` (``response_format.json_schema`` or a
+  tool's ``function``) adds OpenAI's strict-mode rules (:func:`~grammars.check_strict`).
 * Objects that say nothing about keys beyond their ``properties`` get none
   (:func:`~grammars.shape.closed`): a subset of what the schema allows, which small models
   finish within an ordinary ``max_tokens``.
@@ -38,7 +39,7 @@ from vllm.sampling_params import StructuredOutputsParams
 
 from grammars.backends import backend as backend_named
 from grammars.errors import RequestError, UnsupportedError
-from grammars.schema_checks import check_schema, schema_validator
+from grammars.schema_checks import check_schema, check_strict, schema_validator
 from grammars.shape import EMPTY_PARAMETERS, Shape, ToolCallSyntax, call_schema, closed
 
 __all__ = ["Constraint", "ConstraintKind", "OutputRequest", "build_constraint"]
@@ -51,6 +52,8 @@ __all__ = ["Constraint", "ConstraintKind", "OutputRequest", "build_constraint"]
 class _JsonSchemaFormat(Protocol):
     @property
     def schema_(self) -> dict[str, Any] | None: ...
+    @property
+    def strict(self) -> bool | None: ...
 
 
 class ResponseFormatSpec(Protocol):
@@ -65,6 +68,8 @@ class _FunctionSpec(Protocol):
     def name(self) -> str: ...
     @property
     def parameters(self) -> dict[str, Any] | None: ...
+    @property
+    def strict(self) -> bool | None: ...
 
 
 class ToolSpec(Protocol):
@@ -219,7 +224,10 @@ def _content(
     schema = response_format.json_schema.schema_ if response_format.json_schema else None
     if response_format.type == "json_object" or schema is None:
         return "object", None
-    check_schema(schema, param="response_format", what="response_format.json_schema.schema")
+    what = "response_format.json_schema.schema"
+    check_schema(schema, param="response_format", what=what)
+    if response_format.json_schema and response_format.json_schema.strict:
+        check_strict(schema, param="response_format", what=what)
     return "schema", closed(schema)
 
 
@@ -227,5 +235,8 @@ def _parameters(tool: ToolSpec) -> dict[str, Any]:
     params = tool.function.parameters
     if params is None:
         return EMPTY_PARAMETERS
-    check_schema(params, param="tools", what=f"the parameters of tool {tool.function.name!r}")
+    what = f"the parameters of tool {tool.function.name!r}"
+    check_schema(params, param="tools", what=what)
+    if tool.function.strict:
+        check_strict(params, param="tools", what=what)
     return closed(params)

@@ -139,6 +139,70 @@ def test_recursion_that_moves_down_the_instance_is_accepted() -> None:
     assert c is not None and c.schema == closed(schema)
 
 
+STRICT_OK = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 1},
+        "o": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/o"}]},
+    },
+    "required": ["n", "o"],
+    "additionalProperties": False,
+    "$defs": {"o": {"type": "object", "properties": {}, "additionalProperties": False}},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"required": ["n"]}, "'o' is not"),
+        ({"additionalProperties": True}, "additionalProperties"),
+        ({"allOf": [{"type": "object"}]}, "'allOf'"),
+        ({"type": "array"}, "root"),
+        ({"$defs": {"o": {"type": "object", "properties": {}}}}, "(root)/$defs/o"),
+    ],
+)
+def test_strict_follows_openai_rules(change: dict[str, Any], named: str) -> None:
+    fmt: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "x", "strict": True}}
+    fmt["json_schema"]["schema"] = STRICT_OK
+    assert constrain(request(response_format=fmt), backend="guidance") is not None
+    fmt["json_schema"]["schema"] = {**STRICT_OK, **change}
+    with pytest.raises(SchemaError, match=re.escape(named)) as err:
+        constrain(request(response_format=fmt), backend="guidance")
+    assert err.value.param == "response_format"
+    # Without strict the same schema is enforced as it is.
+    fmt["json_schema"]["strict"] = False
+    if change.get("type") != "array":
+        assert constrain(request(response_format=fmt), backend="guidance") is not None
+    tool = {"type": "function", "function": {"name": "f", "strict": True,
+                                             "parameters": {**STRICT_OK, **change}}}  # fmt: skip
+    with pytest.raises(SchemaError) as err:
+        constrain(request(tools=[tool], tool_choice="required"), backend="guidance")
+    assert err.value.param == "tools"
+
+
+def test_closed_adds_no_other_keys_only_where_nothing_else_may_add_keys() -> None:
+    obj = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    nested = {"type": "object", "properties": {"o": obj, "l": {"type": "array", "items": obj}}}
+    out = closed(nested)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["o"]["additionalProperties"] is False
+    assert out["properties"]["l"]["items"]["additionalProperties"] is False
+    assert "additionalProperties" not in nested  # a copy
+    kept = [
+        {**obj, "additionalProperties": True},
+        {**obj, "allOf": [{"properties": {"b": {}}}]},
+        {**obj, "$ref": "#/$defs/x", "$defs": {"x": {}}},
+        {**obj, "anyOf": [{"properties": {"b": {}}}]},
+        {**obj, "required": ["a", "b"]},  # b must come from elsewhere
+        {**obj, "patternProperties": {"^x": {}}},
+    ]
+    for schema in kept:
+        assert closed(schema).get("additionalProperties") == schema.get("additionalProperties")
+    # allOf branches are merged by the backends: never closed one by one.
+    merged = {"allOf": [obj, {"properties": {"b": {}}}]}
+    assert closed(merged) == merged
+
+
 @pytest.mark.parametrize("choice", ["auto", "required"])
 def test_a_tool_with_a_ref_loop_is_refused_naming_the_tool(choice: str) -> None:
     tools = [*TOOLS, {"type": "function", "function": {"name": "f", "parameters": {"$ref": "#"}}}]
@@ -354,6 +418,23 @@ def test_outlines_masks_characters_split_across_tokens_in_free_text(matchers: Ma
     assert not matchers.accepts("outlines", c.shape, "日本語です")
     assert matchers.accepts("outlines", c.shape, "naïve café 🙂")
     assert matchers.accepts("xgrammar", c.shape, "日本語です")
+    guided = constrain(request(tools=TOOLS), backend="guidance")
+    for text in ["日本語です", "絵文字 🎉🚀 ですね", "naïve café 🙂"]:
+        assert matchers.accepts("guidance", guided.shape, text), text
+
+
+def test_guidance_json_mode_nests_deeper_than_outlines(matchers: Matchers) -> None:
+    import llguidance
+
+    c = constrain(request(response_format={"type": "json_object"}), backend="guidance")
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(c.structured_outputs.json)
+    six = '{"a": {"b": {"c": {"d": {"e": {"f": [1, {"g": "日本 🎉"}]}}}}}}'
+    matcher = llguidance.LLMatcher(matchers.llg_tokenizer, grammar, log_level=0)
+    tokens = matchers.tokenizer.encode(six, add_special_tokens=False)
+    assert matcher.consume_tokens(tokens) and matcher.is_accepting(), matcher.get_error()
+    # Whitespace stays bounded: one optional space after , and : only.
+    matcher = llguidance.LLMatcher(matchers.llg_tokenizer, grammar, log_level=0)
+    assert not matcher.consume_tokens(matchers.tokenizer.encode('{"a":   1}'))
 
 
 def test_json_object_regex() -> None:
