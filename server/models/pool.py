@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from vllm import SamplingParams
-
-from grammars import GrammarCompiler, Shape
+from grammars import GrammarCompiler
 from server.errors import ModelNotFoundError
 from server.models.config import ModelConfig
 from server.models.engine import Engine
@@ -44,23 +40,10 @@ class ServedModel:
         return self.config.id
 
     async def warm_up(self) -> None:
-        """Make JSON mode as fast for the first request as for the next: the compile worker
-        (if the backend has one) loads its vocabulary and builds JSON mode, then one JSON-mode
-        token goes through the engine, whose structured-output backend builds its own view of
-        the vocabulary (seconds on Llama's 128k tokens) and JSON mode's grammar on first use.
-        The server calls it before /health says ready."""
-        if self.grammar is None:
-            return
-        await self.grammar.start()
-        result = await self.grammar.compile(Shape(content="object"))
-        if not result.ok:
-            raise RuntimeError(f"JSON mode does not compile: {result.error}")
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, structured_outputs=copy.copy(result.params)
-        )
-        prompt = self.engine.tokenizer.encode("{", add_special_tokens=False)
-        async for _ in self.engine.generate(prompt, params, f"warmup-{uuid.uuid4().hex}"):
-            pass
+        """The compile worker, if the backend has one, loads its vocabulary and builds JSON
+        mode's grammar (:meth:`ChatService.warm_up` then runs JSON mode through the engine)."""
+        if self.grammar is not None:
+            await self.grammar.start()
 
 
 class ModelPool:

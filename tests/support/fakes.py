@@ -45,17 +45,13 @@ class FakeEngine:
         pass
 
 
-async def _nothing() -> None:
-    pass
-
-
 class FakePool:
     def __init__(self, max_num_seqs: int) -> None:
         config = SimpleNamespace(
             max_num_seqs=max_num_seqs, tensor_parallel_size=1, pipeline_parallel_size=1
         )
         self.model = SimpleNamespace(
-            id=MODEL, config=config, engine=FakeEngine(), created=0, grammar=None, warm_up=_nothing
+            id=MODEL, config=config, engine=FakeEngine(), created=0, grammar=None
         )
 
     def __iter__(self) -> Any:
@@ -81,6 +77,9 @@ class FakeService:
         self.hold: asyncio.Event | None = None
         self.started = 0
         self.closed = 0  # generations that ended early (cancelled or closed)
+
+    async def warm_up(self) -> None:
+        pass
 
     async def prepare(self, body: Any, request_id: str, arrival: float) -> Any:
         self.pool.get(body.model)
