@@ -180,6 +180,21 @@ def test_strict_follows_openai_rules(change: dict[str, Any], named: str) -> None
     assert err.value.param == "tools"
 
 
+def test_guidance_drops_only_the_formats_it_does_not_know() -> None:
+    schema = {"type": "object", "properties": {
+        "u": {"type": "string", "format": "url"}, "e": {"type": "string", "format": "email"},
+        "format": {"type": "array", "items": {"type": "string", "format": "path"}}}}  # fmt: skip
+    c = constrain(request(response_format=schema_format(schema)), backend="guidance")
+    sent = c.structured_outputs.json
+    assert (
+        "format" not in sent["properties"]["u"]
+        and "format" not in sent["properties"]["format"]["items"]
+    )
+    assert sent["properties"]["e"]["format"] == "email"
+    assert "format" in sent["properties"]  # a property named format is not a keyword
+    assert schema["properties"]["u"]["format"] == "url"  # the client's copy is untouched
+
+
 def test_closed_adds_no_other_keys_only_where_nothing_else_may_add_keys() -> None:
     obj = {"type": "object", "properties": {"a": {"type": "integer"}}}
     nested = {"type": "object", "properties": {"o": obj, "l": {"type": "array", "items": obj}}}
