@@ -119,6 +119,9 @@ class Constraint:
     backend: str
     """The engine's structured-output backend (``outlines``, ``xgrammar`` or ``guidance``)."""
     structured_outputs: StructuredOutputsParams | None = None
+    client_schema: dict[str, Any] | None = None
+    """The content schema as the client sent it (the shape's is the enforced, closed one):
+    outputs are validated against this."""
     """The engine parameters. Set by :meth:`GrammarCompiler.check` once they compile in time;
     also by :func:`build_constraint` where the backend's encoding is a cheap ``json.dumps``
     (not ``encodes_in_worker``: Outlines' regex must be built in the worker)."""
@@ -128,7 +131,7 @@ class Constraint:
         """The JSON Schema the message content must validate against; None for free text."""
         if self.shape.content == "object":
             return _ANY_OBJECT
-        return self.shape.content_schema
+        return self.client_schema or self.shape.content_schema
 
     @property
     def call_schema(self) -> dict[str, Any] | None:
@@ -165,7 +168,8 @@ def build_constraint(
     ``syntax`` is how the model writes tool calls (its chat format's).
     """
     spec = backend_named(backend)
-    content, content_schema = _content(request.response_format)
+    content, client_schema = _content(request.response_format)
+    content_schema = closed(client_schema) if client_schema is not None else None
     choice = request.effective_tool_choice
     tools = request.tools or []
     if choice != "none" and choice != "auto" and not tools:
@@ -176,7 +180,8 @@ def build_constraint(
         if content == "text":
             return None
         kind: ConstraintKind = "json_object" if content == "object" else "json_schema"
-        return _constraint(kind, "response_format", Shape(content, content_schema), backend)
+        shape = Shape(content, content_schema)
+        return _constraint(kind, "response_format", shape, backend, client_schema)
 
     forced = choice != "auto"
     if not isinstance(choice, str):  # a named function
@@ -203,17 +208,24 @@ def build_constraint(
         and spec.parallel_calls,
         separator=syntax.separator,
     )
-    return _constraint("tool_call" if forced else "tool_auto", "tools", shape, backend)
+    kind = "tool_call" if forced else "tool_auto"
+    return _constraint(kind, "tools", shape, backend, client_schema)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; clients do not
 
 
-def _constraint(kind: ConstraintKind, param: str, shape: Shape, backend: str) -> Constraint:
+def _constraint(
+    kind: ConstraintKind,
+    param: str,
+    shape: Shape,
+    backend: str,
+    client_schema: dict[str, Any] | None = None,
+) -> Constraint:
     spec = backend_named(backend)
     params = None if spec.encodes_in_worker else spec.encode(shape)
-    return Constraint(kind, param, shape, backend, params)
+    return Constraint(kind, param, shape, backend, params, client_schema)
 
 
 def _content(
@@ -228,7 +240,7 @@ def _content(
     check_schema(schema, param="response_format", what=what)
     if response_format.json_schema and response_format.json_schema.strict:
         check_strict(schema, param="response_format", what=what)
-    return "schema", closed(schema)
+    return "schema", schema
 
 
 def _parameters(tool: ToolSpec) -> dict[str, Any]:

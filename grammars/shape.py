@@ -103,11 +103,14 @@ def _rebase(schema: dict[str, Any], base: str) -> dict[str, Any]:
 # A node with one of these may get its properties from elsewhere: closing it could forbid them.
 _OPEN_BESIDE = frozenset(
     {"additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
-     "oneOf", "$ref", "if", "dependentSchemas", "dependencies", "propertyNames"}
+     "oneOf", "$ref", "if", "dependentSchemas", "dependencies", "propertyNames", "not"}
 )  # fmt: skip
 _CLOSE_MAPS = ("properties", "$defs", "definitions")
 _CLOSE_ONE = ("items", "additionalItems", "additionalProperties", "contains")
-_CLOSE_LISTS = ("anyOf", "oneOf", "prefixItems", "items")
+# Not oneOf (closing its branches could let an output match one branch where the client's
+# schema matched it by several, which oneOf forbids), nor not/if (closing inside negations
+# widens what they allow).
+_CLOSE_LISTS = ("anyOf", "prefixItems", "items")
 
 
 def closed(schema: dict[str, Any]) -> dict[str, Any]:

@@ -89,9 +89,11 @@ def test_json_object() -> None:
 def test_json_schema_keeps_the_schema() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     c = constrain(request(response_format=schema_format(schema)), backend="guidance")
-    # Enforced closed: no keys beyond its properties (a subset of what the schema allows).
+    # Enforced closed: no keys beyond its properties (a subset of what the schema allows);
+    # outputs are validated against the client's own schema.
     enforced = {**schema, "additionalProperties": False}
-    assert c is not None and (c.kind, c.schema) == ("json_schema", enforced)
+    assert c is not None and (c.kind, c.schema) == ("json_schema", schema)
+    assert c.shape.content_schema == enforced
     # llguidance takes its whitespace options from the schema it is given.
     sent = dict(c.structured_outputs.json)
     assert sent.pop("x-guidance")["whitespace_flexible"] is False
@@ -136,7 +138,7 @@ def test_recursion_that_moves_down_the_instance_is_accepted() -> None:
     }
     schema = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
     c = constrain(request(response_format=schema_format(schema)), backend="outlines")
-    assert c is not None and c.schema == closed(schema)
+    assert c is not None and c.schema == schema and c.shape.content_schema == closed(schema)
 
 
 STRICT_OK = {
@@ -213,9 +215,11 @@ def test_closed_adds_no_other_keys_only_where_nothing_else_may_add_keys() -> Non
     ]
     for schema in kept:
         assert closed(schema).get("additionalProperties") == schema.get("additionalProperties")
-    # allOf branches are merged by the backends: never closed one by one.
-    merged = {"allOf": [obj, {"properties": {"b": {}}}]}
-    assert closed(merged) == merged
+    # allOf branches are merged by the backends: never closed one by one. Nor oneOf's: closed,
+    # {"dog": "x"} would match one branch where the client's schema matches it by two.
+    for key in ("allOf", "oneOf"):
+        merged = {key: [obj, {"properties": {"b": {}}}]}
+        assert closed(merged) == merged
 
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
