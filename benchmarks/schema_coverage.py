@@ -157,6 +157,7 @@ async def compile_coverage(
         vocab_size=vocab_size,
         cache_size=len(schemas) + 1,
         warmup=False,
+        in_worker=True,  # the engine's whole build, timed, whatever the server would do
     )
     try:
         await compiler.start()

@@ -21,7 +21,7 @@ from grammars.errors import (
     SchemaError,
     UnsupportedError,
 )
-from grammars.schema_checks import check_schema, schema_validator
+from grammars.schema_checks import check_schema, check_strict, schema_validator
 from grammars.shape import Shape, ToolCallSyntax
 from grammars.worker import CompileResult, WorkerStartError
 
@@ -44,5 +44,6 @@ __all__ = [
     "backend",
     "build_constraint",
     "check_schema",
+    "check_strict",
     "schema_validator",
 ]

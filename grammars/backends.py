@@ -30,6 +30,16 @@ class Backend:
     encodes_in_worker: bool
     """Spelling a shape for it can take unbounded time and memory (Outlines builds a regex from
     the schema), so it happens only in the compile worker, never in the server process."""
+    compiles_in_worker: bool
+    """Building its grammar is unbounded (Outlines' index over the vocabulary: seconds on a
+    128k vocabulary, minutes or gigabytes for some schemas), so the compile worker builds it
+    under a time and memory bound before the engine does. Otherwise a request's grammar is
+    built once, by the engine, asynchronously and per request (vLLM V1 schedules a request only
+    once its grammar is ready, so a slow one holds no other request); the server runs only
+    vLLM's frontend ``validator`` (in-process, cheap) to turn a refusal into a 400 naming the
+    field. llguidance bounds its own work: ``LLParserLimits`` (grammar size 500k symbols,
+    initial lexer fuel 1M, 50k Earley items and 200k lexer fuel per token, 250k lexer states),
+    and it builds lexer states lazily, per token."""
     engine_class: str
     """vLLM's backend class (``module:name``), which the compile worker runs outside the
     engine."""
@@ -67,6 +77,7 @@ BACKENDS: dict[str, Backend] = {
         spell=encode.outlines,
         parallel_calls=False,
         encodes_in_worker=True,
+        compiles_in_worker=True,
         engine_class=f"{_VLLM}.backend_outlines:OutlinesBackend",
         validator=f"{_VLLM}.backend_outlines:validate_structured_output_request_outlines",
         forget=_fresh_outlines_cache,
@@ -76,6 +87,9 @@ BACKENDS: dict[str, Backend] = {
         spell=encode.xgrammar,
         parallel_calls=True,
         encodes_in_worker=False,
+        # XGrammar sets no bound of its own on a compile, and the engine runs its compiles
+        # in one thread on a 2-core machine: the worker proves each fits the bound first.
+        compiles_in_worker=True,
         engine_class=f"{_VLLM}.backend_xgrammar:XgrammarBackend",
         validator=f"{_VLLM}.backend_xgrammar:validate_xgrammar_grammar",
         forget=lambda engine_backend: engine_backend.compiler.clear_cache(),
@@ -88,6 +102,7 @@ BACKENDS: dict[str, Backend] = {
         spell=encode.guidance,
         parallel_calls=True,
         encodes_in_worker=False,
+        compiles_in_worker=False,
         engine_class=f"{_VLLM}.backend_guidance:GuidanceBackend",
         validator=f"{_VLLM}.backend_guidance:validate_guidance_grammar",
         forget=lambda engine_backend: None,  # llguidance keeps no cache of its own

@@ -1,20 +1,22 @@
-"""Prove a constraint compiles in bounded time before the engine sees it.
+"""Prove a constraint can be enforced, in bounded time, before the engine sees it.
 
-One :class:`GrammarCompiler` per served model (one tokenizer, one backend). ``check`` sends
-the constraint's shape to a worker process (:mod:`grammars.worker`) that builds the grammar the
-way vLLM will, kills the worker if that takes longer than ``timeout`` and raises SchemaError.
+One :class:`GrammarCompiler` per served model (one tokenizer, one backend). What ``check``
+does depends on the backend (:attr:`~grammars.backends.Backend.compiles_in_worker`):
 
-* One compile at a time per model: jobs queue for the compiler's single thread, which does
-  the blocking pipe I/O, so the event loop never waits on it.
-* Verdicts are cached by a hash of the backend and shape in a bounded LRU, failures included:
-  a schema that timed out once would time out again, and each try would cost ``timeout`` of
-  CPU and a worker restart. Identical schemas in flight share one compile.
-* A client that disconnects does not cancel the compile: the worker must finish (or be
-  killed) before it can take the next job, and the verdict is cached for the next request.
+* **In the worker** (Outlines, XGrammar: their builds have no bound of their own): the shape
+  goes to a worker process (:mod:`grammars.worker`) that builds the grammar the way vLLM will,
+  and is killed if that takes longer than ``timeout`` (SchemaError). One compile at a time:
+  jobs queue for the compiler's single thread, which does the blocking pipe I/O, so the event
+  loop never waits on it. The engine builds the grammar again, in its own process; its own
+  limit for Outlines is ``VLLM_REGEX_COMPILATION_TIMEOUT_S`` (set it above ``timeout``).
+* **Frontend only** (llguidance, which bounds its own work): vLLM's frontend validation runs in
+  a small thread pool, so a request with a new schema never waits behind another's; the
+  grammar is built once, by the engine, for the request. No worker process is started.
 
-The engine compiles the grammar again (it is another process, with its own cache). Its own
-limit for Outlines is ``VLLM_REGEX_COMPILATION_TIMEOUT_S`` (default 5 s): set it above
-``timeout`` so that what passes here also passes there.
+Either way verdicts are cached by a hash of the backend and shape in a bounded LRU, failures
+included (a schema that timed out once would time out again), and identical schemas in
+flight share one check. A client that disconnects does not cancel a compile: the worker must
+finish (or be killed) before it can take the next job, and the verdict is cached.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from grammars.backends import backend as backend_named
 from grammars.constraints import Constraint
+from grammars.engine_check import frontend_check
 from grammars.errors import CompilerUnavailableError, SchemaError
 from grammars.shape import Shape
 from grammars.worker import CompileResult, CompileWorker, WorkerStartError
@@ -65,6 +69,7 @@ class GrammarCompiler:
         memory_headroom_mb: int = 4096,
         startup_timeout: float = 300.0,
         warmup: bool = True,
+        in_worker: bool | None = None,
     ) -> None:
         """``tokenizer``: the folder vLLM loads the model's tokenizer from, or the loaded
         tokenizer (its ``name_or_path`` is used: the worker loads its own copy);
@@ -72,7 +77,11 @@ class GrammarCompiler:
         vocabulary size, default the tokenizer's; ``memory_headroom_mb``: memory a compile may
         use beyond the loaded worker's; ``warmup``: compile JSON mode (``json_object``) in
         :meth:`start` within ``startup_timeout`` instead of ``timeout``, since every JSON-mode
-        request shares that grammar and Outlines needs seconds for it on a 128k vocabulary."""
+        request shares that grammar and Outlines needs seconds for it on a 128k vocabulary;
+        ``in_worker``: build every grammar in the worker (default: the backend's
+        ``compiles_in_worker``; the schema benchmark forces it to time the engine's build)."""
+        spec = backend_named(backend)
+        self.in_worker = spec.compiles_in_worker if in_worker is None else in_worker
         self.backend = backend
         self.timeout = timeout
         self.startup_timeout = startup_timeout
@@ -87,9 +96,12 @@ class GrammarCompiler:
             memory_headroom_mb=memory_headroom_mb,
             startup_timeout_s=startup_timeout,
         )
-        # One thread runs every job in order: the queue of waiting compiles, off the event loop
-        # and bound to no particular loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"grammar-{backend}")
+        # In the worker, one thread runs every job in order: the queue of waiting compiles, off
+        # the event loop and bound to no particular loop. Frontend checks are short and
+        # independent: two threads, so one schema's check never waits for another's.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1 if self.in_worker else 2, thread_name_prefix=f"grammar-{backend}"
+        )
         self._warm = False
         self._starting: Future[CompileResult | None] | None = None
         self._cache: OrderedDict[str, CompileResult] = OrderedDict()
@@ -99,8 +111,9 @@ class GrammarCompiler:
 
     def spawn(self) -> None:
         """Start the worker and its warm-up now, in the compile thread, and return at once
-        (at server start-up they overlap the engine's loading); :meth:`start` waits for them."""
-        if self._starting is None:
+        (at server start-up they overlap the engine's loading); :meth:`start` waits for them.
+        Without a worker (``in_worker`` false) there is nothing to start."""
+        if self._starting is None and self.in_worker:
             self._starting = self._executor.submit(self._start)
 
     async def start(self) -> None:
@@ -109,6 +122,8 @@ class GrammarCompiler:
         Call it at server start-up: a bad tokenizer path fails there, and the first request
         does not wait for the worker. Otherwise the first compile calls it.
         """
+        if not self.in_worker:
+            return
         self.spawn()
         assert self._starting is not None
         try:
@@ -172,10 +187,15 @@ class GrammarCompiler:
         return await asyncio.shield(future)
 
     async def _compile(self, key: str, shape: Shape) -> CompileResult:
-        if self.warmup and not self._warm:
-            await self.start()
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, self._worker.run, shape, self.timeout)
+        if self.in_worker:
+            if self.warmup and not self._warm:
+                await self.start()
+            result = await loop.run_in_executor(
+                self._executor, self._worker.run, shape, self.timeout
+            )
+        else:
+            result = await loop.run_in_executor(self._executor, _frontend, self.backend, shape)
         self._remember(key, result)
         if not result.ok:
             level = logging.WARNING if result.timed_out or result.crashed else logging.INFO
@@ -227,6 +247,17 @@ class GrammarCompiler:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _frontend(backend: str, shape: Shape) -> CompileResult:
+    """The request's parameters and vLLM's verdict on them, without building the grammar."""
+    started = time.perf_counter()
+    try:
+        params = backend_named(backend).encode(shape)
+        frontend_check(backend, params)
+    except Exception as exc:  # vLLM and the grammar libraries raise many kinds for a bad grammar
+        return CompileResult(False, time.perf_counter() - started, error=str(exc) or repr(exc))
+    return CompileResult(True, time.perf_counter() - started, params=params)
 
 
 def _tokenizer_path(tokenizer: str | os.PathLike[str] | Any) -> str:

@@ -19,8 +19,12 @@ Decisions, in the order they are taken:
   :mod:`grammars.encode`). A named function: exactly one call to it.
 * ``auto``: non-empty free text that does not start with ``{``, or the calls as for
   ``required``; with a JSON ``response_format`` the content must match it instead.
-* ``json_schema`` without a ``schema`` is treated as ``json_object``. ``strict`` is ignored:
-  every schema is enforced, and one that cannot be is refused.
+* ``json_schema`` without a ``schema`` is treated as ``json_object``. Every schema is enforced,
+  and one that cannot be is refused; ``strict: true`` (``response_format.json_schema`` or a
+  tool's ``function``) adds OpenAI's strict-mode rules (:func:`~grammars.check_strict`).
+* Objects that say nothing about keys beyond their ``properties`` get none
+  (:func:`~grammars.shape.closed`): a subset of what the schema allows, which small models
+  finish within an ordinary ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from vllm.sampling_params import StructuredOutputsParams
 
 from grammars.backends import backend as backend_named
 from grammars.errors import RequestError, UnsupportedError
-from grammars.schema_checks import check_schema, schema_validator
-from grammars.shape import EMPTY_PARAMETERS, Shape, ToolCallSyntax, call_schema
+from grammars.schema_checks import check_schema, check_strict, schema_validator
+from grammars.shape import EMPTY_PARAMETERS, Shape, ToolCallSyntax, call_schema, closed
 
 __all__ = ["Constraint", "ConstraintKind", "OutputRequest", "build_constraint"]
 
@@ -48,6 +52,8 @@ __all__ = ["Constraint", "ConstraintKind", "OutputRequest", "build_constraint"]
 class _JsonSchemaFormat(Protocol):
     @property
     def schema_(self) -> dict[str, Any] | None: ...
+    @property
+    def strict(self) -> bool | None: ...
 
 
 class ResponseFormatSpec(Protocol):
@@ -62,6 +68,8 @@ class _FunctionSpec(Protocol):
     def name(self) -> str: ...
     @property
     def parameters(self) -> dict[str, Any] | None: ...
+    @property
+    def strict(self) -> bool | None: ...
 
 
 class ToolSpec(Protocol):
@@ -111,6 +119,9 @@ class Constraint:
     backend: str
     """The engine's structured-output backend (``outlines``, ``xgrammar`` or ``guidance``)."""
     structured_outputs: StructuredOutputsParams | None = None
+    client_schema: dict[str, Any] | None = None
+    """The content schema as the client sent it (the shape's is the enforced, closed one):
+    outputs are validated against this."""
     """The engine parameters. Set by :meth:`GrammarCompiler.check` once they compile in time;
     also by :func:`build_constraint` where the backend's encoding is a cheap ``json.dumps``
     (not ``encodes_in_worker``: Outlines' regex must be built in the worker)."""
@@ -120,7 +131,7 @@ class Constraint:
         """The JSON Schema the message content must validate against; None for free text."""
         if self.shape.content == "object":
             return _ANY_OBJECT
-        return self.shape.content_schema
+        return self.client_schema or self.shape.content_schema
 
     @property
     def call_schema(self) -> dict[str, Any] | None:
@@ -157,7 +168,8 @@ def build_constraint(
     ``syntax`` is how the model writes tool calls (its chat format's).
     """
     spec = backend_named(backend)
-    content, content_schema = _content(request.response_format)
+    content, client_schema = _content(request.response_format)
+    content_schema = closed(client_schema) if client_schema is not None else None
     choice = request.effective_tool_choice
     tools = request.tools or []
     if choice != "none" and choice != "auto" and not tools:
@@ -168,7 +180,8 @@ def build_constraint(
         if content == "text":
             return None
         kind: ConstraintKind = "json_object" if content == "object" else "json_schema"
-        return _constraint(kind, "response_format", Shape(content, content_schema), backend)
+        shape = Shape(content, content_schema)
+        return _constraint(kind, "response_format", shape, backend, client_schema)
 
     forced = choice != "auto"
     if not isinstance(choice, str):  # a named function
@@ -195,17 +208,24 @@ def build_constraint(
         and spec.parallel_calls,
         separator=syntax.separator,
     )
-    return _constraint("tool_call" if forced else "tool_auto", "tools", shape, backend)
+    kind = "tool_call" if forced else "tool_auto"
+    return _constraint(kind, "tools", shape, backend, client_schema)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; clients do not
 
 
-def _constraint(kind: ConstraintKind, param: str, shape: Shape, backend: str) -> Constraint:
+def _constraint(
+    kind: ConstraintKind,
+    param: str,
+    shape: Shape,
+    backend: str,
+    client_schema: dict[str, Any] | None = None,
+) -> Constraint:
     spec = backend_named(backend)
     params = None if spec.encodes_in_worker else spec.encode(shape)
-    return Constraint(kind, param, shape, backend, params)
+    return Constraint(kind, param, shape, backend, params, client_schema)
 
 
 def _content(
@@ -216,7 +236,10 @@ def _content(
     schema = response_format.json_schema.schema_ if response_format.json_schema else None
     if response_format.type == "json_object" or schema is None:
         return "object", None
-    check_schema(schema, param="response_format", what="response_format.json_schema.schema")
+    what = "response_format.json_schema.schema"
+    check_schema(schema, param="response_format", what=what)
+    if response_format.json_schema and response_format.json_schema.strict:
+        check_strict(schema, param="response_format", what=what)
     return "schema", schema
 
 
@@ -224,5 +247,8 @@ def _parameters(tool: ToolSpec) -> dict[str, Any]:
     params = tool.function.parameters
     if params is None:
         return EMPTY_PARAMETERS
-    check_schema(params, param="tools", what=f"the parameters of tool {tool.function.name!r}")
-    return params
+    what = f"the parameters of tool {tool.function.name!r}"
+    check_schema(params, param="tools", what=what)
+    if tool.function.strict:
+        check_strict(params, param="tools", what=what)
+    return closed(params)

@@ -46,12 +46,14 @@ compile worker, never in the server process. The other encodings are a ``json.du
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 from outlines_core.json_schema import build_regex_from_schema
 from vllm.sampling_params import StructuredOutputsParams
 
+from grammars.schema_checks import schema_entries
 from grammars.shape import Shape
 
 __all__ = ["FREE_TEXT", "WHITESPACE", "check_shape", "guidance", "outlines", "xgrammar"]
@@ -213,5 +215,40 @@ def _lark_json(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps(_llg_schema(schema))
 
 
+LLG_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri"}
+)
+"""The ``format`` values llguidance 1.7 enforces; it refuses a schema with any other."""
+
+_FORMAT_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_FORMAT_ONE = ("items", "additionalProperties", "additionalItems", "contains", "not")
+_FORMAT_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
+
+
 def _llg_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "x-guidance": _LLG_OPTIONS}
+    return {**_known_formats(schema), "x-guidance": _LLG_OPTIONS}
+
+
+def _known_formats(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without the ``format`` values llguidance does not know (``url``, ``path``,
+    ...). ``format`` is an annotation unless a validator opts in (JSON Schema 2020-12), and the
+    server's output check does not opt in: dropping the ones llguidance cannot enforce loses
+    nothing the schema guarantees, where keeping them would refuse the whole schema."""
+    if not any(key == "format" for _, key, _ in schema_entries(schema)):
+        return schema
+    out = copy.deepcopy(schema)
+    stack: list[Any] = [out]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if isinstance(node.get("format"), str) and node["format"] not in LLG_FORMATS:
+            del node["format"]
+        for key in _FORMAT_MAPS:
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+        stack.extend(node[k] for k in _FORMAT_ONE if isinstance(node.get(k), dict))
+        for key in _FORMAT_LISTS:
+            if isinstance(node.get(key), list):
+                stack.extend(node[key])
+    return out

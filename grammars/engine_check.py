@@ -25,7 +25,17 @@ from vllm.v1.structured_output.request import get_structured_output_key
 
 from grammars.backends import backend
 
-__all__ = ["EngineCheck"]
+__all__ = ["EngineCheck", "frontend_check"]
+
+
+def frontend_check(name: str, params: StructuredOutputsParams) -> None:
+    """vLLM's checks when a request arrives (nesting, then the backend's ``validator``): raise
+    (any exception, with vLLM's message) if the engine would refuse ``params``. Bounded for
+    the backends whose grammars are not built in the worker (see
+    :attr:`grammars.backends.Backend.compiles_in_worker`)."""
+    check_json_nesting(params.json)
+    check_json_nesting(params.structural_tag, structural_tag=True)
+    backend(name).load("validator")(SamplingParams(structured_outputs=params))
 
 
 class EngineCheck:
@@ -48,14 +58,11 @@ class EngineCheck:
         engine_class = self.spec.load("engine_class")
         self.backend = engine_class(config, tokenizer=self.tokenizer, vocab_size=size)
         self.spec.forget(self.backend)
-        self.validate = self.spec.load("validator")
         self.bitmask = self.backend.allocate_token_bitmask(1)
 
     def check(self, params: StructuredOutputsParams) -> None:
         """Raise (any exception, with vLLM's message) if the engine could not use ``params``."""
-        check_json_nesting(params.json)
-        check_json_nesting(params.structural_tag, structural_tag=True)
-        self.validate(SamplingParams(structured_outputs=params))
+        frontend_check(self.spec.name, params)
         request_type, spec = get_structured_output_key(params)
         try:
             grammar = self.backend.compile_grammar(request_type, spec)

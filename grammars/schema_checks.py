@@ -32,6 +32,7 @@ __all__ = [
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_DEPTH",
     "check_schema",
+    "check_strict",
     "schema_validator",
     "value_depth",
 ]
@@ -216,3 +217,59 @@ def check_schema(schema: Any, *, param: str, what: str) -> None:
         raise SchemaError(
             f"{what} is not a valid JSON Schema at {where}: {exc.message}", param=param
         ) from exc
+
+
+STRICT_UNSUPPORTED = frozenset(
+    {"allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+     "patternProperties", "unevaluatedProperties", "propertyNames", "minProperties",
+     "maxProperties"}
+)  # fmt: skip
+"""Keywords OpenAI's strict mode does not support (its Structured Outputs guide)."""
+
+_STRICT_MAPS = ("properties", "$defs", "definitions")
+_STRICT_ONE = ("items", "additionalProperties")
+_STRICT_LISTS = ("anyOf", "prefixItems", "items")
+
+
+def check_strict(schema: dict[str, Any], *, param: str, what: str) -> None:
+    """Raise SchemaError naming ``param`` unless ``schema`` follows OpenAI's strict-mode rules:
+    the root is an object (not ``anyOf``), every object lists all its ``properties`` in
+    ``required`` and sets ``additionalProperties: false``, and no keyword outside strict mode's
+    subset is used. Run after :func:`check_schema` (so the schema is small and valid)."""
+    if schema.get("type") != "object" or "anyOf" in schema:
+        raise SchemaError(
+            f"{what} must have an object at its root (type: object, not anyOf) with strict: true",
+            param=param,
+        )
+    stack: list[tuple[Any, str]] = [(schema, "(root)")]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        used = sorted(STRICT_UNSUPPORTED.intersection(node))
+        if used:
+            raise SchemaError(
+                f"{what} uses {used[0]!r} at {where}, which strict: true does not support",
+                param=param,
+            )
+        props = node.get("properties")
+        if isinstance(props, dict) or node.get("type") == "object":
+            if node.get("additionalProperties") is not False:
+                raise SchemaError(
+                    f"{what}: with strict: true, 'additionalProperties' must be false at {where}",
+                    param=param,
+                )
+            missing = sorted(set(props or {}) - set(node.get("required") or []))
+            if missing:
+                raise SchemaError(
+                    f"{what}: with strict: true, every property must be required; "
+                    f"{missing[0]!r} is not at {where}",
+                    param=param,
+                )
+        for key in _STRICT_MAPS:
+            if isinstance(node.get(key), dict):
+                stack += [(v, f"{where}/{key}/{k}") for k, v in node[key].items()]
+        stack += [(node[k], f"{where}/{k}") for k in _STRICT_ONE if isinstance(node.get(k), dict)]
+        for key in _STRICT_LISTS:
+            if isinstance(node.get(key), list):
+                stack += [(v, f"{where}/{key}/{i}") for i, v in enumerate(node[key])]

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from grammars.schema_checks import schema_entries
 
-__all__ = ["EMPTY_PARAMETERS", "Shape", "ToolCallSyntax", "call_schema"]
+__all__ = ["EMPTY_PARAMETERS", "Shape", "ToolCallSyntax", "call_schema", "closed"]
 
 EMPTY_PARAMETERS: dict[str, Any] = {
     "type": "object",
@@ -97,4 +97,52 @@ def _rebase(schema: dict[str, Any], base: str) -> dict[str, Any]:
         if key == "$ref" and isinstance(value, str) and value.startswith("#"):
             rest = value[1:]
             node[key] = base + rest if rest.startswith("/") or not rest else value
+    return out
+
+
+# A node with one of these may get its properties from elsewhere: closing it could forbid them.
+_OPEN_BESIDE = frozenset(
+    {"additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
+     "oneOf", "$ref", "if", "dependentSchemas", "dependencies", "propertyNames", "not"}
+)  # fmt: skip
+_CLOSE_MAPS = ("properties", "$defs", "definitions")
+_CLOSE_ONE = ("items", "additionalItems", "additionalProperties", "contains")
+# Not oneOf (closing its branches could let an output match one branch where the client's
+# schema matched it by several, which oneOf forbids), nor not/if (closing inside negations
+# widens what they allow).
+_CLOSE_LISTS = ("anyOf", "prefixItems", "items")
+
+
+def closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` whose objects with ``properties`` and no word on other keys allow
+    no other keys (``additionalProperties: false``).
+
+    What it allows is a subset of what ``schema`` allows, so every output valid under it is
+    valid under the client's schema. It is what the backends enforce: left open, a small model
+    keeps inventing keys (and may never close the object), and OpenAI's strict mode demands it
+    anyway. Left alone where the object's keys may come from elsewhere (``allOf`` branches
+    are merged, a ``$ref`` or ``anyOf`` beside ``properties`` may add keys, a ``required`` key
+    not among ``properties``) or where the client said something about other keys.
+    """
+    out = copy.deepcopy(schema)
+    stack: list[Any] = [out]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        props = node.get("properties")
+        required = node.get("required")
+        if (
+            isinstance(props, dict)
+            and not _OPEN_BESIDE.intersection(node)
+            and (not isinstance(required, list) or set(required) <= set(props))
+        ):
+            node["additionalProperties"] = False
+        for key in _CLOSE_MAPS:
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+        stack.extend(node[k] for k in _CLOSE_ONE if isinstance(node.get(k), dict))
+        for key in _CLOSE_LISTS:
+            if isinstance(node.get(key), list):
+                stack.extend(node[key])
     return out

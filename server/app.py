@@ -56,11 +56,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.monotonic()
         service = app.state.service = await asyncio.to_thread(load_service)
-        for model in service.pool:
-            # Builds the compile worker's vocabulary and JSON mode's grammar before the first
-            # request, so that request does not pay for them.
-            if model.grammar is not None:
-                await model.grammar.start()
+        # JSON mode's grammar, in the compile worker and in the engine, before the first
+        # request, so that request does not pay for it.
+        await service.warm_up()
         admission = Admission.for_models(service.pool, settings.max_waiting_requests)
         app.state.control = RequestControl(
             admission=admission,

@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     """A folder of model configs to use instead of the bundled configs/."""
     cache_dir: Path = Path("~/.cache/llama-serve").expanduser()
     """Where converted and built model folders are kept between starts."""
-    structured_output_backend: Literal["outlines", "xgrammar", "guidance"] = "outlines"
-    """The engine's constrained-decoding backend for JSON mode, schemas and tool calls."""
+    structured_output_backend: Literal["outlines", "xgrammar", "guidance"] = "guidance"
+    """The engine's constrained-decoding backend for JSON mode, schemas and tool calls
+    (guidance is llguidance; see README "Choosing the structured-output backend")."""
     grammar_timeout: float = Field(default=10.0, gt=0)
     """Seconds a schema may take to compile before the request gets a 400."""
     grammar_cache_size: int = Field(default=256, ge=0)

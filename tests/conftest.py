@@ -46,6 +46,39 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 
 @pytest.fixture(scope="session")
+def smol_outlines_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The same model on Outlines, the other backend CI runs the structured-output suites on;
+    started only by the modules that are parametrized by backend (``backend_url``)."""
+    yield from _server(
+        tmp_path_factory, "--model", "smollm2-135m", "--structured-output-backend", "outlines"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_outlines_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _server(
+        tmp_path_factory,
+        "--model",
+        "llama3.1-tiny",
+        "--grammar-timeout",
+        "60",
+        "--structured-output-backend",
+        "outlines",
+    )
+
+
+STRUCTURED_BACKENDS = ("guidance", "outlines")
+"""The default backend and Outlines: the JSON-mode, schema and tool suites run on both."""
+
+
+def backend_url(request: pytest.FixtureRequest, model: str, backend: str) -> str:
+    """The base URL of the session's ``model`` (``smol`` or ``tiny``) server on ``backend``."""
+    suffix = "" if backend == "guidance" else f"_{backend}"
+    server: ServerProcess = request.getfixturevalue(f"{model}{suffix}_server")
+    return server.base_url
+
+
+@pytest.fixture(scope="session")
 def smol_url(smol_server: ServerProcess) -> str:
     return smol_server.base_url
 

@@ -1,9 +1,10 @@
 """What the chat route wraps around the service: admission, per-key rate limits, the request
 deadline and the client's disconnect, and the access-log fields (model, user, tokens, timings).
 
-The service stays about chat. The route calls ``begin`` before ``service.prepare``, then hands
-the service's work to ``answer`` (a plain answer) or its chunks to ``stream``: both run under
-the same deadline, and both end the engine request when the client leaves.
+The service stays about chat. The route calls ``begin``, hands ``service.prepare`` to
+``prepare`` (a grammar's compile may wait there), then the service's work to ``answer`` (a
+plain answer) or its chunks to ``stream``: all three run under one deadline, counted from
+``begin``, and all end the request's work when the client leaves.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -30,6 +31,8 @@ from server.http.ratelimit import RateLimiter
 __all__ = ["RequestControl"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ANONYMOUS = "anonymous"
 """The rate-limit bucket of requests when no API keys are configured."""
@@ -61,11 +64,17 @@ class RequestControl:
         if self.log_prompts:
             record.fields["messages"] = [m.model_dump(exclude_none=True) for m in body.messages]
         headers = {"x-request-id": record.client_request_id or request_id}
+        request.state.deadline = asyncio.get_running_loop().time() + self.request_timeout
         ticket = self.admission.acquire(body.model)
         record.cleanups.append(ticket.release)  # the Gate runs it when the response is sent
         if self.limiter.enabled:
             headers |= self.limiter.admit(record.key_id or ANONYMOUS)
         return headers
+
+    async def prepare(self, request: Request, work: Awaitable[T]) -> T:
+        """``work``'s result (the service's preparation: a grammar's compile may wait in it),
+        under the request's deadline and ended by the client's leaving, like :meth:`answer`."""
+        return await self._race(request, work)
 
     async def answer(
         self, request: Request, work: Awaitable[ChatCompletionResponse]
@@ -73,10 +82,17 @@ class RequestControl:
         """``work``'s answer, noted for the access log. Past the deadline the work is cancelled
         (aborting the engine request) and a 504 raised; a client that leaves cancels it too
         (Starlette does not cancel a handler whose client disconnected)."""
+        response = await self._race(request, work)
+        self._note(request_record(request), response.usage, response.time_info)
+        return response
+
+    async def _race(self, request: Request, work: Awaitable[T]) -> T:
+        """``work``'s result, or a 504 past the deadline, or CancelledError when the client
+        leaves; ``work`` is cancelled in both cases."""
         task = asyncio.ensure_future(work)
         left = asyncio.ensure_future(_disconnected(request))
         try:
-            async with asyncio.timeout_at(self._deadline()):
+            async with asyncio.timeout_at(self._deadline(request)):
                 await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             raise self._timeout() from None
@@ -85,9 +101,7 @@ class RequestControl:
             task.cancel()  # a no-op once it is done
         if not task.done():
             raise asyncio.CancelledError("client disconnected")
-        response = task.result()
-        self._note(request_record(request), response.usage, response.time_info)
-        return response
+        return task.result()
 
     async def stream(
         self, request: Request, chunks: AsyncGenerator[ChatCompletionChunk, None]
@@ -97,7 +111,7 @@ class RequestControl:
         chunk's usage and time_info go to the access log. A client that leaves is seen by
         sse-starlette, which cancels this iteration and so the engine request."""
         record = request_record(request)
-        deadline = self._deadline()
+        deadline = self._deadline(request)
         usage: Usage | None = None
         timing: TimeInfo | None = None
         try:
@@ -128,8 +142,12 @@ class RequestControl:
             await chunks.aclose()
             self._note(record, usage, timing)
 
-    def _deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self.request_timeout
+    def _deadline(self, request: Request) -> float:
+        """Set by ``begin``; a request that skipped it gets the whole timeout from now."""
+        deadline = getattr(request.state, "deadline", None)
+        if deadline is None:
+            return asyncio.get_running_loop().time() + self.request_timeout
+        return float(deadline)
 
     def _timeout(self) -> RequestTimeoutError:
         return RequestTimeoutError(

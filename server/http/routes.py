@@ -46,7 +46,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service, control = _service(request), _control(request)
     request_id = new_request_id()
     headers = control.begin(request, body, request_id)  # 429 when full or over a limit
-    prepared = await service.prepare(body, request_id, record_of(request.scope).arrival)
+    # Under the deadline and the client's watch: a new schema's compile may wait here.
+    prepared = await control.prepare(
+        request, service.prepare(body, request_id, record_of(request.scope).arrival)
+    )
     if body.stream:
         events = control.stream(request, service.stream(prepared))
         return _EventStream(_sse(events), ping=15, headers=headers, send_timeout=30)

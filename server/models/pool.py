@@ -39,6 +39,12 @@ class ServedModel:
     def id(self) -> str:
         return self.config.id
 
+    async def warm_up(self) -> None:
+        """The compile worker, if the backend has one, loads its vocabulary and builds JSON
+        mode's grammar (:meth:`ChatService.warm_up` then runs JSON mode through the engine)."""
+        if self.grammar is not None:
+            await self.grammar.start()
+
 
 class ModelPool:
     def __init__(self, models: list[ServedModel]) -> None:

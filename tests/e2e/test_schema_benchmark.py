@@ -11,6 +11,7 @@ from jsonschema.validators import validator_for
 
 from benchmarks.schema_coverage import load_schemas
 from benchmarks.schema_e2e import main
+from tests.conftest import STRUCTURED_BACKENDS, backend_url
 
 pytestmark = pytest.mark.e2e
 
@@ -19,17 +20,20 @@ COLUMNS = ["backend", "compiled", "p50 s", "p99 s", "sent", "200", "valid", "inv
 STATUSES = ["valid", "invalid", "truncated", "caught", "compile", "error"]
 
 
+@pytest.mark.parametrize("backend", STRUCTURED_BACKENDS)
 def test_every_200_validates(
-    smol_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     out = tmp_path / "e2e.json"
-    # One schema from each JSONSchemaBench file; the session server runs outlines.
-    argv = ["--base-url", smol_url, "--backend", "outlines", "--sample", "1", "--seed", "0",
+    smol_url = backend_url(request, "smol", backend)
+    # One schema from each JSONSchemaBench file, on the session's server for that backend.
+    argv = ["--base-url", smol_url, "--backend", backend, "--sample", "1", "--seed", "0",
             "--max-tokens", "256", "--request-timeout", "120",
             "--out", str(out), "--quiet"]  # fmt: skip
     code = main(argv)
     table = capsys.readouterr().out
-    result = json.loads(out.read_text())["results"]["outlines"]
+    result = json.loads(out.read_text())["results"][backend]
     summary = result["e2e"]
     attempts = result["attempts"]
 
@@ -51,4 +55,4 @@ def test_every_200_validates(
     header, row = table.splitlines()[:2]
     assert header.split("  ")[0] == "backend"
     assert all(column in header for column in COLUMNS)
-    assert row.startswith("outlines")
+    assert row.startswith(backend)

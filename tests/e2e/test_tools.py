@@ -1,5 +1,6 @@
-"""Tool calling end to end on llama3.1-tiny (the Llama 3.1 path through the real engine), and
-``auto`` on smollm2-135m too (a model whose free text ends by itself).
+"""Tool calling end to end on llama3.1-tiny (the Llama 3.1 path through the real engine), on
+the default backend (llguidance) and on Outlines, and ``auto`` on smollm2-135m too (a model
+whose free text ends by itself).
 
 The tiny model's weights are random, so what it says freely is noise: ``required`` and named
 choices must still yield calls that validate, because they are constrained by the grammar.
@@ -14,6 +15,9 @@ import jsonschema
 import openai
 import pytest
 from cerebras.cloud.sdk import Cerebras
+
+from tests.conftest import STRUCTURED_BACKENDS, backend_url
+from tests.support.serverproc import model_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +56,16 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
+@pytest.fixture(scope="module", params=STRUCTURED_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def tiny_url(request: pytest.FixtureRequest, backend: str) -> str:
+    return backend_url(request, "tiny", backend)
+
+
 @pytest.fixture(scope="module")
 def client(tiny_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0)
@@ -75,6 +89,9 @@ def test_required_always_yields_valid_call(client: openai.OpenAI, seed: int) -> 
         max_tokens=120,
         temperature=1.0,
         seed=seed,
+        # Random weights keep appending calls while the grammar allows more (parallel calls
+        # on llguidance): one call fits max_tokens. Several calls: tests/unit/test_grammars.
+        parallel_tool_calls=False,
     )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -182,6 +199,7 @@ def test_streamed_required_call_arrives_whole(client: openai.OpenAI) -> None:
             max_tokens=120,
             seed=3,
             stream=True,
+            parallel_tool_calls=False,  # as above: one call fits max_tokens
         )
     )
     deltas = [c.choices[0].delta for c in chunks if c.choices]
@@ -247,3 +265,105 @@ def test_bad_tools_are_400(client: openai.OpenAI, tools: list, choice: object, p
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=ASK, tools=tools, tool_choice=choice)
     assert err.value.body["param"].startswith(param), err.value.body
+
+
+BOOK = {
+    "type": "function",
+    "function": {
+        "name": "book",
+        "description": "Book a month (Pydantic's Field(ge=1, le=12)).",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "month": {"type": "integer", "minimum": 1, "maximum": 12},
+                "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+                "nights": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 30},
+            },
+            "required": ["month", "code", "nights"],
+            "additionalProperties": False,
+        },
+    },
+}
+CHOICES = {
+    "required": "required",
+    "named": {"type": "function", "function": {"name": "book"}},
+    "auto": "auto",
+}
+
+
+def _ask_book(client: openai.OpenAI, choice: str, stream: bool, seed: int) -> tuple[list, str]:
+    kwargs = dict(model=MODEL, messages=ASK, tools=[BOOK, TIME], tool_choice=CHOICES[choice],
+                  max_tokens=120, seed=seed, parallel_tool_calls=False)  # fmt: skip
+    if not stream:
+        message = client.chat.completions.create(**kwargs).choices[0].message  # type: ignore
+        return [(c.function.name, c.function.arguments) for c in message.tool_calls or []], (
+            message.content or ""
+        )
+    calls, content = {}, ""
+    for chunk in client.chat.completions.create(stream=True, **kwargs):  # type: ignore
+        for delta in (c.delta for c in chunk.choices):
+            content += delta.content or ""
+            for tc in delta.tool_calls or []:
+                calls[tc.index] = (tc.function.name, tc.function.arguments)
+    return list(calls.values()), content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("choice", list(CHOICES))
+def test_tool_with_bounds_and_pattern(
+    client: openai.OpenAI, backend: str, choice: str, stream: bool
+) -> None:
+    """Numeric bounds and patterns (Pydantic's ge/le) work with every tool_choice on the
+    default backend; Outlines cannot enforce bounds and refuses them naming the keyword."""
+    if backend == "outlines":
+        with pytest.raises(openai.BadRequestError) as err:
+            _ask_book(client, choice, stream, seed=1)
+        assert err.value.body["param"] == "tools" and "minimum" in err.value.body["message"]
+        return
+    schemas = {**SCHEMAS, "book": BOOK["function"]["parameters"]}
+    for seed in (1, 2):
+        calls, content = _ask_book(client, choice, stream, seed)
+        if choice != "auto":
+            assert len(calls) == 1 and not content  # parallel_tool_calls false: exactly one
+        for name, arguments in calls:
+            jsonschema.validate(json.loads(arguments), schemas[name])
+
+
+def test_truncated_forced_call_is_400_with_failed_generation(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=4
+        )
+    body = err.value.body
+    assert body["param"] == "tools" and body["code"] == "json_validate_failed"
+    assert body["failed_generation"].startswith("{")
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir(MODEL))
+
+
+@pytest.mark.parametrize("text", ["日本語", "🎉🚀"])
+def test_auto_free_text_in_any_script(
+    client: openai.OpenAI, backend: str, text: str, tiny_tokenizer: Any
+) -> None:
+    """Free text on auto may hold characters the tokenizer splits into byte tokens (Japanese,
+    emoji): logit_bias pushes the random model to write them, and they come through."""
+    if backend == "outlines":
+        pytest.skip("Outlines masks byte tokens in free text (README, grammars.encode)")
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": text}], tools=TOOLS,
+        max_tokens=12, temperature=0, logit_bias={str(i): 30 for i in ids},
+    )  # fmt: skip
+    content = r.choices[0].message.content or ""
+    assert not r.choices[0].message.tool_calls
+    assert "\ufffd" not in content, content  # whole characters, never a broken byte sequence
+    if ord(max(text)) > 0xFFFF:
+        # The bias lands on the emoji's shared leading bytes: an emoji, maybe another one.
+        assert any(ord(char) > 0xFFFF for char in content), content
+    else:
+        assert any(char in content for char in text), content

@@ -78,6 +78,9 @@ class FakeService:
         self.started = 0
         self.closed = 0  # generations that ended early (cancelled or closed)
 
+    async def warm_up(self) -> None:
+        pass
+
     async def prepare(self, body: Any, request_id: str, arrival: float) -> Any:
         self.pool.get(body.model)
         return SimpleNamespace(request=body, request_id=request_id)

@@ -32,6 +32,7 @@ from grammars import (
     schema_validator,
 )
 from grammars.encode import outlines_regex
+from grammars.shape import closed
 from server.chat.protocol import ChatCompletionRequest
 from server.models.formats.tool_calls import LLAMA3_JSON
 from tests.support.loop_ticks import loop_ticks
@@ -88,11 +89,15 @@ def test_json_object() -> None:
 def test_json_schema_keeps_the_schema() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     c = constrain(request(response_format=schema_format(schema)), backend="guidance")
+    # Enforced closed: no keys beyond its properties (a subset of what the schema allows);
+    # outputs are validated against the client's own schema.
+    enforced = {**schema, "additionalProperties": False}
     assert c is not None and (c.kind, c.schema) == ("json_schema", schema)
+    assert c.shape.content_schema == enforced
     # llguidance takes its whitespace options from the schema it is given.
     sent = dict(c.structured_outputs.json)
     assert sent.pop("x-guidance")["whitespace_flexible"] is False
-    assert sent == schema
+    assert sent == enforced
     assert c.validate('{"a": 1}') is None
     assert "'a' is a required property" in (c.validate("{}") or "")
     assert "not valid JSON" in (c.validate("{'a': 1}") or "")
@@ -133,7 +138,88 @@ def test_recursion_that_moves_down_the_instance_is_accepted() -> None:
     }
     schema = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
     c = constrain(request(response_format=schema_format(schema)), backend="outlines")
-    assert c is not None and c.schema == schema
+    assert c is not None and c.schema == schema and c.shape.content_schema == closed(schema)
+
+
+STRICT_OK = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 1},
+        "o": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/o"}]},
+    },
+    "required": ["n", "o"],
+    "additionalProperties": False,
+    "$defs": {"o": {"type": "object", "properties": {}, "additionalProperties": False}},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"required": ["n"]}, "'o' is not"),
+        ({"additionalProperties": True}, "additionalProperties"),
+        ({"allOf": [{"type": "object"}]}, "'allOf'"),
+        ({"type": "array"}, "root"),
+        ({"$defs": {"o": {"type": "object", "properties": {}}}}, "(root)/$defs/o"),
+    ],
+)
+def test_strict_follows_openai_rules(change: dict[str, Any], named: str) -> None:
+    fmt: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "x", "strict": True}}
+    fmt["json_schema"]["schema"] = STRICT_OK
+    assert constrain(request(response_format=fmt), backend="guidance") is not None
+    fmt["json_schema"]["schema"] = {**STRICT_OK, **change}
+    with pytest.raises(SchemaError, match=re.escape(named)) as err:
+        constrain(request(response_format=fmt), backend="guidance")
+    assert err.value.param == "response_format"
+    # Without strict the same schema is enforced as it is.
+    fmt["json_schema"]["strict"] = False
+    if change.get("type") != "array":
+        assert constrain(request(response_format=fmt), backend="guidance") is not None
+    tool = {"type": "function", "function": {"name": "f", "strict": True,
+                                             "parameters": {**STRICT_OK, **change}}}  # fmt: skip
+    with pytest.raises(SchemaError) as err:
+        constrain(request(tools=[tool], tool_choice="required"), backend="guidance")
+    assert err.value.param == "tools"
+
+
+def test_guidance_drops_only_the_formats_it_does_not_know() -> None:
+    schema = {"type": "object", "properties": {
+        "u": {"type": "string", "format": "url"}, "e": {"type": "string", "format": "email"},
+        "format": {"type": "array", "items": {"type": "string", "format": "path"}}}}  # fmt: skip
+    c = constrain(request(response_format=schema_format(schema)), backend="guidance")
+    sent = c.structured_outputs.json
+    assert (
+        "format" not in sent["properties"]["u"]
+        and "format" not in sent["properties"]["format"]["items"]
+    )
+    assert sent["properties"]["e"]["format"] == "email"
+    assert "format" in sent["properties"]  # a property named format is not a keyword
+    assert schema["properties"]["u"]["format"] == "url"  # the client's copy is untouched
+
+
+def test_closed_adds_no_other_keys_only_where_nothing_else_may_add_keys() -> None:
+    obj = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    nested = {"type": "object", "properties": {"o": obj, "l": {"type": "array", "items": obj}}}
+    out = closed(nested)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["o"]["additionalProperties"] is False
+    assert out["properties"]["l"]["items"]["additionalProperties"] is False
+    assert "additionalProperties" not in nested  # a copy
+    kept = [
+        {**obj, "additionalProperties": True},
+        {**obj, "allOf": [{"properties": {"b": {}}}]},
+        {**obj, "$ref": "#/$defs/x", "$defs": {"x": {}}},
+        {**obj, "anyOf": [{"properties": {"b": {}}}]},
+        {**obj, "required": ["a", "b"]},  # b must come from elsewhere
+        {**obj, "patternProperties": {"^x": {}}},
+    ]
+    for schema in kept:
+        assert closed(schema).get("additionalProperties") == schema.get("additionalProperties")
+    # allOf branches are merged by the backends: never closed one by one. Nor oneOf's: closed,
+    # {"dog": "x"} would match one branch where the client's schema matches it by two.
+    for key in ("allOf", "oneOf"):
+        merged = {key: [obj, {"properties": {"b": {}}}]}
+        assert closed(merged) == merged
 
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
@@ -351,6 +437,23 @@ def test_outlines_masks_characters_split_across_tokens_in_free_text(matchers: Ma
     assert not matchers.accepts("outlines", c.shape, "日本語です")
     assert matchers.accepts("outlines", c.shape, "naïve café 🙂")
     assert matchers.accepts("xgrammar", c.shape, "日本語です")
+    guided = constrain(request(tools=TOOLS), backend="guidance")
+    for text in ["日本語です", "絵文字 🎉🚀 ですね", "naïve café 🙂"]:
+        assert matchers.accepts("guidance", guided.shape, text), text
+
+
+def test_guidance_json_mode_nests_deeper_than_outlines(matchers: Matchers) -> None:
+    import llguidance
+
+    c = constrain(request(response_format={"type": "json_object"}), backend="guidance")
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(c.structured_outputs.json)
+    six = '{"a": {"b": {"c": {"d": {"e": {"f": [1, {"g": "日本 🎉"}]}}}}}}'
+    matcher = llguidance.LLMatcher(matchers.llg_tokenizer, grammar, log_level=0)
+    tokens = matchers.tokenizer.encode(six, add_special_tokens=False)
+    assert matcher.consume_tokens(tokens) and matcher.is_accepting(), matcher.get_error()
+    # Whitespace stays bounded: one optional space after , and : only.
+    matcher = llguidance.LLMatcher(matchers.llg_tokenizer, grammar, log_level=0)
+    assert not matcher.consume_tokens(matchers.tokenizer.encode('{"a":   1}'))
 
 
 def test_json_object_regex() -> None:

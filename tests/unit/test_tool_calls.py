@@ -86,9 +86,14 @@ def test_several_calls(text: str) -> None:
     assert len({c.id for c in answer.calls}) == 2
 
 
-def test_parallel_false_keeps_at_most_one() -> None:
+def test_parallel_false_is_exactly_one_call() -> None:
+    # Several calls where one was promised are not one call: the answer stays content (the
+    # grammar allows one call; only free text, e.g. a list after "[", can hold several).
     text = '{"name": "get_time"}; {"name": "get_weather", "parameters": {"city": "B"}}'
-    assert calls_of(parse(text, parallel=False)) == [("get_time", {})]
+    assert parse(text, parallel=False).calls == []
+    assert parse(text, parallel=False).content == text
+    listed = '[{"name": "get_time"}, {"name": "get_time"}]'
+    assert parse(listed, parallel=False).content == listed
     assert len(parse('{"name": "get_time"}', parallel=False).calls) == 1
 
 

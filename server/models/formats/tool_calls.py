@@ -93,15 +93,19 @@ class JsonToolCalls:
     def parse(self, text: str, tools: list[Tool], *, parallel: bool) -> ParsedAnswer:
         """Split a model answer into OpenAI tool calls, or return it unchanged as content.
 
-        With ``parallel`` False only the first of several valid calls is kept.
+        With ``parallel`` False an answer of several calls is not one call: it is content (the
+        grammar allows one call then; only unconstrained text, e.g. a free-text answer that
+        starts with ``[``, can hold several).
         """
         try:
             objects = self._call_objects(text)
+            if len(objects) > 1 and not parallel:
+                raise _NotACall
             known = {t.function.name: t for t in tools}
             calls = [self._to_call(obj, known) for obj in objects]
         except _NotACall:
             return ParsedAnswer(content=text)
-        return ParsedAnswer(content=None, calls=calls if parallel else calls[:1])
+        return ParsedAnswer(content=None, calls=calls)
 
     def could_be_prefix(self, text: str) -> bool:
         """True while ``text`` may still grow into an answer that :meth:`parse` accepts.
