@@ -3,7 +3,7 @@ out."""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -28,10 +28,12 @@ from server.chat.protocol import (
     ToolCallDelta,
     Usage,
 )
-from server.errors import FailedGenerationError, InternalError
+from server.errors import EngineFailedError, FailedGenerationError, InternalError
 from server.models.pool import ModelPool
 
 __all__ = ["ChatService", "new_request_id"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,8 +87,16 @@ class ChatService:
                 }
             )
             prep = await self.prepare(request, f"warmup-{uuid.uuid4().hex}", time.time())
-            with contextlib.suppress(FailedGenerationError):  # one token is no object
+            try:
                 await self.complete(prep)
+            except FailedGenerationError:
+                pass  # one token is no object
+            except EngineFailedError as exc:
+                # The engine could not build JSON mode's grammar: each JSON-mode request will
+                # get the same 500 engine_error; everything else is served.
+                log.warning(
+                    "JSON mode warm-up failed", extra={"model": model.id, "error": str(exc)}
+                )
 
     # ------------------------------------------------------------ generation
 
