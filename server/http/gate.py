@@ -42,6 +42,11 @@ access_log = logging.getLogger("server.access")
 PROBES = frozenset({"/health", "/metrics"})
 """Paths that are not work: not counted for the drain, logged at debug level."""
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_VERSION_PATCH = re.compile(r"[0-9]{1,9}")
+"""Cerebras's ``X-Cerebras-Version-Patch`` (the API version a client pins, such as ``2``): the
+server has one behaviour for all versions, so it serves the request as any other and logs the
+version, for an operator to see which clients are pinned. A value that is not a version
+number is left out of the log, not refused (what Cerebras does with one is not documented)."""
 
 
 @dataclass
@@ -120,6 +125,9 @@ class Gate:
         client_id = client_id if client_id and _SAFE_ID.match(client_id) else None
         record = AccessRecord(request_id=client_id or _new_id(), client_request_id=client_id)
         scope.setdefault("state", {})["record"] = record
+        version_patch = _header(scope, b"x-cerebras-version-patch")
+        if version_patch is not None and _VERSION_PATCH.fullmatch(version_patch):
+            record.fields["version_patch"] = version_patch
         status: list[int] = []
 
         async def send_wrapper(message: Message) -> None:

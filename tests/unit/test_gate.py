@@ -256,11 +256,16 @@ def test_one_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> No
             r = await client.post("/v1/chat/completions", json=chat(True), headers=headers)
             assert sse_events(r.text)[-1] == "[DONE]"
             await client.get("/v1/models", headers={"x-request-id": "log-3"})
+            pinned = AUTH | {"x-request-id": "log-4", "X-Cerebras-Version-Patch": "2"}
+            r = await client.post("/v1/chat/completions", json=chat(), headers=pinned)
+            assert r.status_code == 200
+            odd = AUTH | {"x-request-id": "log-5", "X-Cerebras-Version-Patch": '2; x="y"'}
+            assert (await client.get("/v1/models", headers=odd)).status_code == 200
 
     with caplog.at_level(logging.INFO, logger="server.access"):
         run(go())
     lines = {r.request_id: r for r in caplog.records if r.name == "server.access"}
-    assert set(lines) == {"log-1", "log-2", "log-3"}
+    assert set(lines) == {"log-1", "log-2", "log-3", "log-4", "log-5"}
     plain, streamed, refused = lines["log-1"], lines["log-2"], lines["log-3"]
     assert plain.status == 200 and plain.model == MODEL and plain.user == "u-9"
     assert plain.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
@@ -269,6 +274,9 @@ def test_one_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> No
     assert KEY not in str(vars(plain)) and "hello" not in str(vars(plain))
     assert streamed.stream is True and streamed.usage["total_tokens"] == 10
     assert refused.status == 401 and refused.error == "invalid_api_key"
+    # The version a client pins is served and logged; a value that is no version is not logged.
+    assert lines["log-4"].version_patch == "2" and not hasattr(plain, "version_patch")
+    assert not hasattr(lines["log-5"], "version_patch")
 
 
 def test_log_prompts_adds_the_messages(caplog: pytest.LogCaptureFixture) -> None:
