@@ -15,7 +15,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -306,7 +305,7 @@ def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
     r = chat(guarded.base_url, headers=AUTH | {"x-request-id": "e2e-log-7"}, user="alice-42")
     received_at = time.time()
     assert r.headers["x-request-id"] == "e2e-log-7"
-    line = _log_line(guarded.log_path, "e2e-log-7")
+    line = guarded.access_line("e2e-log-7")
     assert line["logger"] == "server.access" and line["status"] == 200
     assert line["model"] == MODEL and line["user"] == "alice-42"
     assert line["id"] == r.json()["id"] and line["key_id"].startswith("key-")
@@ -326,13 +325,3 @@ def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
     assert ready["models"][0]["admission_limit"] == SLOTS and ready["seconds"] > 0
     engine = next(x for x in starts if x["msg"] == "engine ready")
     assert engine["kv_cache_tokens"] > 0 and engine["tp"] == 1 and engine["pp"] == 1
-
-
-def _log_line(path: Path, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for text in path.read_text(errors="replace").splitlines():
-            if text.startswith("{") and f'"request_id": "{request_id}"' in text:
-                return json.loads(text)
-        time.sleep(0.2)
-    raise AssertionError(f"no access log line for {request_id}")

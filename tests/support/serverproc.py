@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,6 +39,16 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def access_line(self, request_id: str, wait: float = 10) -> dict[str, Any]:
+        """The access log's JSON line for ``request_id`` (written once the response is sent)."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            for text in self.log().splitlines():
+                if text.startswith("{") and f'"request_id": "{request_id}"' in text:
+                    return json.loads(text)
+            time.sleep(0.2)
+        raise AssertionError(f"no access log line for {request_id}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:

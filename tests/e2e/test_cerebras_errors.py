@@ -1,0 +1,203 @@
+"""The cerebras-cloud-sdk raises the exception class it raises against Cerebras for each error
+the real server sends (it picks the class from ``status_code`` in the body, then the HTTP
+status), as a response or as a stream's error event; every such body is OpenAI's
+``ErrorResponse``; a client pinned with ``X-Cerebras-Version-Patch`` is served.
+
+One guarded server for the module: smollm2-135m with two sequences and no queue (two
+slots), an API key, a 10 s request timeout and a 64 KiB body limit, so that 401, 413, 429 and
+a deadline's 504 are cheap to provoke.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from cerebras.cloud.sdk import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    Cerebras,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+    Stream,
+)
+
+from server.models.config import CONFIG_DIR
+from tests.support.openai_schema import assert_conforms
+from tests.support.serverproc import ServerProcess, start_server
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "smollm2-135m"
+KEY = "sk-e2e-cerebras-errors-41d7"
+TIMEOUT = 10.0
+MAX_BODY = 64 * 1024
+HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
+LONG = {"max_tokens": 4000, "extra_body": {"ignore_eos": True}}  # outlasts TIMEOUT
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}},
+    "required": ["city"],
+}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": CITY}}
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("cerebras-errors")
+    config = yaml.safe_load((CONFIG_DIR / f"{MODEL}.yaml").read_text())
+    model_file = folder / "smol-2-seqs.yaml"
+    model_file.write_text(yaml.safe_dump(config | {"max_num_seqs": 2}))
+    env = {
+        "LLAMA_SERVE_API_KEY": KEY,
+        "LLAMA_SERVE_MAX_WAITING_REQUESTS": "0",
+        "LLAMA_SERVE_REQUEST_TIMEOUT": str(TIMEOUT),
+        "LLAMA_SERVE_MAX_REQUEST_BYTES": str(MAX_BODY),
+    }
+    server = start_server("--model", str(model_file), log_dir=folder, env=env)
+    yield server
+    assert server.stop() == 0
+
+
+def client(server: ServerProcess, key: str = KEY, **options: Any) -> Cerebras:
+    return Cerebras(base_url=server.base_url, api_key=key, max_retries=0, **options)
+
+
+def raised(call: Callable[[], Any]) -> APIStatusError:
+    """The SDK's error for ``call``. The SDK keeps the inner ``error`` object as ``body``: it
+    must be OpenAI's ``Error``, and a response's whole body its ``ErrorResponse`` (a stream's
+    error event is checked whole in tests/e2e/test_openapi_conformance.py)."""
+    with pytest.raises(APIStatusError) as info:
+        result = call()
+        if isinstance(result, Stream):  # an error event raises while the stream is read
+            list(result)
+    error = info.value
+    assert_conforms(error.body, "Error")
+    if not error.response.headers["content-type"].startswith("text/event-stream"):
+        assert_conforms(error.response.json(), "ErrorResponse")
+    return error
+
+
+def create(sdk: Cerebras, **fields: Any) -> Callable[[], Any]:
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 8} | fields
+    return lambda: sdk.chat.completions.create(**body)
+
+
+CASES: list[tuple[str, type[APIStatusError], int, dict[str, Any]]] = [
+    ("bad_parameter", BadRequestError, 400, {"temperature": 5}),
+    ("unknown_model", NotFoundError, 404, {"model": "no-such-model"}),
+    (
+        "json_mode_stream",
+        BadRequestError,
+        400,
+        {"response_format": {"type": "json_object"}, "stream": True},
+    ),
+    ("too_large", APIStatusError, 413, {"messages": [{"role": "user", "content": "x" * MAX_BODY}]}),
+    # A named call cut off by max_tokens: a 400 as an event, after the stream began.
+    (
+        "failed_mid_stream",
+        BadRequestError,
+        400,
+        {
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "max_tokens": 4,
+            "stream": True,
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "status", "fields"), CASES, ids=[c[0] for c in CASES])
+def test_sdk_raises_the_class_of_the_status(
+    guarded: ServerProcess,
+    name: str,
+    kind: type[APIStatusError],
+    status: int,
+    fields: dict[str, Any],
+) -> None:
+    error = raised(create(client(guarded), **fields))
+    # The SDK has no class of its own for 413: the base class, as against Cerebras.
+    assert type(error) is kind and error.status_code == status
+    # A stream's error comes with HTTP 200: the class can only come from the body's status_code.
+    assert error.response.status_code == (200 if name == "failed_mid_stream" else status)
+
+
+def test_wrong_key_is_authentication_error(guarded: ServerProcess) -> None:
+    wrong = client(guarded, key="sk-wrong")
+    error = raised(create(wrong))
+    assert type(error) is AuthenticationError and error.status_code == 401
+    assert type(raised(wrong.models.list)) is AuthenticationError
+
+
+@contextlib.contextmanager
+def holding_every_slot(url: str) -> Iterator[None]:
+    """Two long streams, each admitted (its first event read), held open until the block ends;
+    leaving closes them, which aborts them in the engine."""
+    body = {
+        "model": MODEL,
+        "messages": HELLO,
+        "stream": True,
+        "max_tokens": 4000,
+        "ignore_eos": True,
+    }
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with contextlib.ExitStack() as stack:
+        readers = []  # referenced: a reader collected early would close its stream
+        for _ in range(2):
+            r = stack.enter_context(
+                httpx.stream(
+                    "POST", f"{url}/v1/chat/completions", json=body, headers=auth, timeout=60
+                )
+            )
+            assert r.status_code == 200
+            readers.append(r.iter_lines())
+            next(readers[-1])
+        yield
+
+
+def test_queue_full_is_rate_limit_error(guarded: ServerProcess) -> None:
+    with holding_every_slot(guarded.base_url):
+        error = raised(create(client(guarded)))
+    assert type(error) is RateLimitError and error.status_code == 429
+    assert error.response.headers["retry-after"] == "1"
+    assert create(client(guarded))().choices[0].message.content  # the slots are free again
+
+
+def test_deadline_is_internal_server_error_as_response_and_as_event(guarded: ServerProcess) -> None:
+    """Both at once (two slots): the 504 response, and the stream's 504 event after chunks."""
+    errors: dict[str, APIStatusError] = {}
+
+    def plain() -> None:
+        errors["plain"] = raised(create(client(guarded), **LONG))
+
+    thread = threading.Thread(target=plain)
+    thread.start()
+    errors["stream"] = raised(create(client(guarded), stream=True, **LONG))
+    thread.join(60)
+    for where, error in errors.items():
+        assert type(error) is InternalServerError, where
+        assert error.body["code"] == "request_timeout" and error.status_code == 504
+    assert errors["plain"].response.status_code == 504
+    assert errors["stream"].response.status_code == 200
+
+
+def test_a_client_pinned_to_a_version_patch_is_served(guarded: ServerProcess) -> None:
+    pinned = client(guarded, default_headers={"X-Cerebras-Version-Patch": "2"})
+    answer = pinned.chat.completions.with_raw_response.create(
+        model=MODEL, messages=HELLO, max_tokens=8, extra_headers={"x-request-id": "pinned-1"}
+    )
+    assert answer.parse().choices[0].message.content
+    chunks = list(
+        pinned.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, stream=True)
+    )
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert guarded.access_line("pinned-1")["version_patch"] == "2"
+    assert pinned.models.retrieve(MODEL).id == MODEL
