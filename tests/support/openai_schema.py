@@ -9,10 +9,13 @@ does not forbid them, as it does not for the objects we send.
 To check a new kind of body, name its schema in ``components.schemas``::
 
     assert_conforms(body, "CreateCompletionResponse")
+
+or one of ``WIRE_HABITS``, where OpenAI's service and its document differ.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from pathlib import Path
@@ -23,7 +26,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-__all__ = ["DOCUMENT", "assert_conforms", "mismatches", "schema_names"]
+__all__ = ["DOCUMENT", "WIRE_HABITS", "assert_conforms", "mismatches", "schema_names"]
 
 DOCUMENT = Path(__file__).parents[1] / "data" / "openai-openapi" / "openapi.json"
 _URI = "urn:openai-openapi"
@@ -41,9 +44,28 @@ def _without_nullable(node: Any) -> Any:
     return converted
 
 
+def _completion_chunk(schemas: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI streams legacy completions as ``CreateCompletionResponse`` objects with
+    ``"finish_reason": null`` until a choice's last chunk, which the document (it defines no
+    chunk of its own) does not allow: the same object with that one field nullable."""
+    chunk = copy.deepcopy(schemas["CreateCompletionResponse"])
+    choice = chunk["properties"]["choices"]["items"]["properties"]
+    choice["finish_reason"] = {"anyOf": [choice["finish_reason"], {"type": "null"}]}
+    return chunk
+
+
+WIRE_HABITS = {"CreateCompletionStreamResponse": _completion_chunk}
+"""Schemas of ours, each derived from the document's where OpenAI's service sends what the
+document does not describe; named like the document's own."""
+
+
 @cache
 def _document() -> dict[str, Any]:
-    return _without_nullable(json.loads(DOCUMENT.read_text(encoding="utf-8")))
+    document = _without_nullable(json.loads(DOCUMENT.read_text(encoding="utf-8")))
+    schemas = document["components"]["schemas"]
+    for name, derive in WIRE_HABITS.items():
+        schemas[name] = derive(schemas)
+    return document
 
 
 @cache

@@ -116,3 +116,14 @@ def test_error_needs_every_field_openai_requires() -> None:
 def test_an_unknown_schema_name_is_an_error() -> None:
     with pytest.raises(KeyError, match="NoSuchSchema"):
         mismatches({}, "NoSuchSchema")
+
+
+def test_completion_chunks_may_leave_finish_reason_null_until_the_last() -> None:
+    choice = {"index": 0, "text": "Hi", "logprobs": None, "finish_reason": None}
+    chunk = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m"}
+    chunk["choices"] = [choice]
+    assert mismatches(chunk, "CreateCompletionStreamResponse") == []
+    problems = mismatches(chunk, "CreateCompletionResponse")  # the document's answer object
+    assert problems and all(p.startswith("$.choices[0].finish_reason: None") for p in problems)
+    choice["finish_reason"] = "done"
+    assert mismatches(chunk, "CreateCompletionStreamResponse")
