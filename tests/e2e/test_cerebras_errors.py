@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from cerebras.cloud.sdk import (
     APIStatusError,
     AuthenticationError,
@@ -29,9 +28,8 @@ from cerebras.cloud.sdk import (
     Stream,
 )
 
-from server.models.config import CONFIG_DIR
 from tests.support.openai_schema import assert_conforms
-from tests.support.serverproc import ServerProcess, start_server
+from tests.support.serverproc import ServerProcess, preset_file, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -52,9 +50,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("cerebras-errors")
-    config = yaml.safe_load((CONFIG_DIR / f"{MODEL}.yaml").read_text())
-    model_file = folder / "smol-2-seqs.yaml"
-    model_file.write_text(yaml.safe_dump(config | {"max_num_seqs": 2}))
+    model_file = preset_file(folder, MODEL, max_num_seqs=2)
     env = {
         "LLAMA_SERVE_API_KEY": KEY,
         "LLAMA_SERVE_MAX_WAITING_REQUESTS": "0",

@@ -21,13 +21,11 @@ from urllib.parse import unquote
 import httpx
 import openai
 import pytest
-import yaml
 from cerebras.cloud.sdk import Cerebras
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.models.config import CONFIG_DIR
 from tests.support.path_spellings import PATH_SPELLINGS
-from tests.support.serverproc import ServerProcess, start_server
+from tests.support.serverproc import ServerProcess, preset_file, start_server
 from tests.support.sse import sse_data
 from tests.support.timing import assert_measured_time_info
 
@@ -45,9 +43,7 @@ HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("guarded")
-    config = yaml.safe_load((CONFIG_DIR / f"{MODEL}.yaml").read_text())
-    model_file = folder / "smol-2-seqs.yaml"
-    model_file.write_text(yaml.safe_dump(config | {"max_num_seqs": 2}))
+    model_file = preset_file(folder, MODEL, max_num_seqs=2)
     key_file = folder / "keys.txt"
     key_file.write_text(f"# e2e\n{FILE_KEY}\n")
     env = {

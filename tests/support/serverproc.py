@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port", "model_dir", "start_server"]
+__all__ = ["ServerProcess", "free_port", "model_dir", "preset_file", "start_server"]
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = float(os.environ.get("TEST_SERVER_START_TIMEOUT", "600"))
@@ -88,6 +88,19 @@ def start_server(*args: str, log_dir: Path, env: dict[str, str] | None = None) -
         time.sleep(0.5)
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server not ready in {START_TIMEOUT} s:\n{server.log()[-5000:]}")
+
+
+def preset_file(folder: Path, name: str, **overrides: Any) -> Path:
+    """The model preset ``configs/<name>.yaml`` with ``overrides``, written into ``folder`` (a
+    server started with ``--model <file>`` serves the preset's model id with them)."""
+    import yaml
+
+    from server.models.config import CONFIG_DIR
+
+    config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    path = folder / f"{name}-{'-'.join(f'{k}-{v}' for k, v in overrides.items())}.yaml"
+    path.write_text(yaml.safe_dump(config | overrides))
+    return path
 
 
 def model_dir(name: str) -> Path:
