@@ -18,18 +18,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
 from cerebras.cloud.sdk import Cerebras
 
-from server.models.config import CONFIG_DIR
-from tests.support.probes import engine_requests, wait_idle, wait_until
-from tests.support.serverproc import ServerProcess, start_server
+from tests.support.probes import access_log_line, engine_requests, wait_idle, wait_until
+from tests.support.serverproc import ServerProcess, config_variant, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -39,9 +36,7 @@ MODEL = "smollm2-135m"
 @pytest.fixture(scope="module")
 def one_seq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("one-seq")
-    config = yaml.safe_load((CONFIG_DIR / f"{MODEL}.yaml").read_text())
-    model_file = folder / "smol-1-seq.yaml"
-    model_file.write_text(yaml.safe_dump(config | {"max_num_seqs": 1}))
+    model_file = config_variant(MODEL, folder, max_num_seqs=1)
     server = start_server("--model", str(model_file), log_dir=folder)
     yield server
     assert server.stop() == 0
@@ -112,7 +107,7 @@ def test_second_request_with_the_same_prefix_reports_cached_tokens(
     block = block_size(one_seq)
     assert cold < block
     assert_cached(second.usage, one_seq)
-    line = _log_line(one_seq.log_path, second.id)
+    line = access_log_line(one_seq.log_path, "id", second.id)
     assert line["prompt_cache_key"] == "session-42"
     assert line["usage"]["prompt_tokens_details"]["cached_tokens"] == warm
 
@@ -253,16 +248,6 @@ def long_request(name: str, tokens: int) -> dict[str, Any]:
         "max_tokens": tokens,
         "extra_body": {"ignore_eos": True},
     }
-
-
-def _log_line(path: Path, response_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for text in path.read_text(errors="replace").splitlines():
-            if text.startswith("{") and f'"id": "{response_id}"' in text:
-                return json.loads(text)
-        time.sleep(0.2)
-    raise AssertionError(f"no access log line for {response_id}")
 
 
 def test_queue_threshold_out_of_range_is_a_400(one_seq: ServerProcess) -> None:

@@ -15,20 +15,18 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
 import openai
 import pytest
-import yaml
 from cerebras.cloud.sdk import Cerebras
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.models.config import CONFIG_DIR
 from tests.support.path_spellings import PATH_SPELLINGS
-from tests.support.serverproc import ServerProcess, start_server
+from tests.support.probes import access_log_line
+from tests.support.serverproc import ServerProcess, config_variant, start_server
 from tests.support.sse import sse_data
 from tests.support.timing import assert_measured_time_info
 
@@ -46,9 +44,7 @@ HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("guarded")
-    config = yaml.safe_load((CONFIG_DIR / f"{MODEL}.yaml").read_text())
-    model_file = folder / "smol-2-seqs.yaml"
-    model_file.write_text(yaml.safe_dump(config | {"max_num_seqs": 2}))
+    model_file = config_variant(MODEL, folder, max_num_seqs=2)
     key_file = folder / "keys.txt"
     key_file.write_text(f"# e2e\n{FILE_KEY}\n")
     env = {
@@ -306,7 +302,7 @@ def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
     r = chat(guarded.base_url, headers=AUTH | {"x-request-id": "e2e-log-7"}, user="alice-42")
     received_at = time.time()
     assert r.headers["x-request-id"] == "e2e-log-7"
-    line = _log_line(guarded.log_path, "e2e-log-7")
+    line = access_log_line(guarded.log_path, "request_id", "e2e-log-7")
     assert line["logger"] == "server.access" and line["status"] == 200
     assert line["model"] == MODEL and line["user"] == "alice-42"
     assert line["id"] == r.json()["id"] and line["key_id"].startswith("key-")
@@ -326,13 +322,3 @@ def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
     assert ready["models"][0]["admission_limit"] == SLOTS and ready["seconds"] > 0
     engine = next(x for x in starts if x["msg"] == "engine ready")
     assert engine["kv_cache_tokens"] > 0 and engine["tp"] == 1 and engine["pp"] == 1
-
-
-def _log_line(path: Path, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for text in path.read_text(errors="replace").splitlines():
-            if text.startswith("{") and f'"request_id": "{request_id}"' in text:
-                return json.loads(text)
-        time.sleep(0.2)
-    raise AssertionError(f"no access log line for {request_id}")

@@ -3,13 +3,17 @@ on them (a test waits for the state it needs instead of sleeping and hoping)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 
 __all__ = [
+    "access_log_line",
     "engine_requests",
     "gauge",
     "health_once_not_ok",
@@ -39,6 +43,19 @@ def engine_requests(url: str, model: str = MODEL) -> int:
 def inflight_requests(url: str) -> int:
     """HTTP requests the server is serving (what a drain waits for), from /metrics."""
     return int(gauge(url, "llama_serve_inflight_requests"))
+
+
+def access_log_line(path: Path, field: str, value: str, timeout: float = 10) -> dict[str, Any]:
+    """The JSON log line in the server log at ``path`` whose ``field`` is ``value`` (the
+    access log line of a request, by ``request_id`` or response ``id``), once written."""
+    needle = json.dumps({field: value})[1:-1]  # '"field": "value"', as the log writes it
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for text in path.read_text(errors="replace").splitlines():
+            if text.startswith("{") and needle in text:
+                return json.loads(text)
+        time.sleep(0.2)
+    raise AssertionError(f"no log line with {needle} after {timeout} s")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -10,10 +10,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port", "model_dir", "start_server"]
+__all__ = ["ServerProcess", "config_variant", "free_port", "model_dir", "start_server"]
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = float(os.environ.get("TEST_SERVER_START_TIMEOUT", "600"))
@@ -76,6 +77,19 @@ def start_server(*args: str, log_dir: Path, env: dict[str, str] | None = None) -
         time.sleep(0.5)
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server not ready in {START_TIMEOUT} s:\n{server.log()[-5000:]}")
+
+
+def config_variant(name: str, folder: Path, **changes: Any) -> Path:
+    """A copy of the bundled model config ``name`` with ``changes`` (e.g. ``max_num_seqs=2``),
+    written in ``folder``: pass its path as ``--model``."""
+    import yaml
+
+    from server.models.config import CONFIG_DIR
+
+    config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    path = folder / f"{name}-variant.yaml"
+    path.write_text(yaml.safe_dump(config | changes))
+    return path
 
 
 def model_dir(name: str) -> Path:
