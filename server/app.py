@@ -65,6 +65,7 @@ def create_app(
             limiter=RateLimiter(
                 requests_per_day=settings.rate_limit_requests_per_day,
                 tokens_per_minute=settings.rate_limit_tokens_per_minute,
+                uncached_tokens_per_minute=settings.rate_limit_uncached_tokens_per_minute,
             ),
             request_timeout=settings.request_timeout,
             log_prompts=settings.log_prompts,

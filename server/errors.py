@@ -31,6 +31,7 @@ __all__ = [
     "ModelNotFoundError",
     "NotFoundError",
     "OverloadedError",
+    "QueueThresholdError",
     "RateLimitedError",
     "RequestTimeoutError",
     "SchemaError",
@@ -159,6 +160,13 @@ class OverloadedError(APIError):
     type = "rate_limit_error"
     default_code = "queue_full"
     reason = "overloaded"
+
+
+class QueueThresholdError(OverloadedError):
+    """A flex or auto request whose expected wait for the engine is longer than its
+    ``queue_threshold`` header allows: refused at once rather than queued."""
+
+    default_code = "queue_threshold_exceeded"
 
 
 class RateLimitedError(OverloadedError):

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     rate_limit_tokens_per_minute: int | None = Field(default=None, ge=1)
     """Prompt plus completion tokens per API key per minute (none: unlimited); once used up,
     429 until the minute ends. Adds Cerebras's x-ratelimit-*-tokens-minute headers."""
+    rate_limit_uncached_tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Uncached tokens per API key per minute (none: unlimited): prompt tokens the prefix
+    cache did not hold, plus completion tokens, as Cerebras counts them beside the total;
+    once used up, 429 until the minute ends. Adds x-ratelimit-*-uncached-tokens-minute
+    headers."""
 
     # Request limits, checked before parsing (server/http/request_limits.py). See README "Limits".
     max_request_bytes: int = Field(default=4 * 2**20, ge=1024)

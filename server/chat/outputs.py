@@ -8,14 +8,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vllm.logprobs import Logprob, SampleLogprobs
-from vllm.outputs import CompletionOutput
+from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.metrics.stats import RequestStateStats
 
-from server.chat.protocol import ChoiceLogprobs, TimeInfo, TokenLogprob, TopLogprob
+from server.chat.protocol import (
+    ChoiceLogprobs,
+    PromptTokensDetails,
+    TimeInfo,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from server.errors import EngineFailedError
 from server.models.formats.base import TokenizerLike
 
-__all__ = ["ENGINE_FAILURES", "ChoiceState", "convert_logprobs", "time_info"]
+__all__ = ["ENGINE_FAILURES", "ChoiceState", "convert_logprobs", "time_info", "usage_of"]
 
 ENGINE_FAILURES = frozenset({"abort", "error"})
 """vLLM's finish reasons for a request the engine ended on its own (a grammar it could not
@@ -88,6 +95,22 @@ def _entry(token_id: int, logprob: Logprob, tokenizer: TokenizerLike) -> dict[st
 
 def choice_logprobs(state: ChoiceState, wanted: bool) -> ChoiceLogprobs | None:
     return ChoiceLogprobs(content=state.logprobs) if wanted else None
+
+
+def usage_of(output: RequestOutput, completion_tokens: int) -> Usage:
+    """``usage`` of a request from the engine's output (any of its outputs: the counts of the
+    prompt are set from its first) and the tokens generated for all its choices.
+
+    ``cached_tokens`` is the engine's own count of prompt tokens its prefix cache held (whole
+    KV blocks, never the prompt's last token, which is always computed).
+    """
+    prompt = len(output.prompt_token_ids or ())
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=output.num_cached_tokens or 0),
+    )
 
 
 def time_info(metrics: RequestStateStats | None, arrival_wall: float) -> TimeInfo:

@@ -61,6 +61,11 @@ class Prepared:
             "created": int(self.arrival),
             "model": self.model.id,
             "system_fingerprint": f"fp_{self.model.id}",
+            # Cerebras echoes the tier asked for, and with auto names the one used.
+            "service_tier": self.request.service_tier,
+            "service_tier_used": (
+                self.request.tier_used if self.request.service_tier == "auto" else None
+            ),
         }
 
     @property

@@ -26,7 +26,9 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "NamedToolChoice",
+    "PromptTokensDetails",
     "ResponseFormat",
+    "ServiceTier",
     "TimeInfo",
     "Tool",
     "ToolCall",
@@ -36,6 +38,9 @@ __all__ = [
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_USER_CHARS = 256
 """Longest ``user`` id: it is written into every access-log line."""
+MAX_PROMPT_CACHE_KEY_CHARS = 1024
+"""Longest ``prompt_cache_key``: it is logged with every request. OpenAI refuses keys above 64
+characters; Cerebras documents no limit, so keys its clients send pass here."""
 MAX_ARGUMENT_DEPTH = 64
 """Deepest JSON in an assistant message's tool call arguments (as the body's default)."""
 
@@ -44,14 +49,12 @@ IGNORED_FIELDS = frozenset(
     {
         "store",
         "metadata",
-        "service_tier",
         "prediction",
         "modalities",
         "audio",
         "reasoning_effort",
         "web_search_options",
         "safety_identifier",
-        "prompt_cache_key",
         "function_call",
         "functions",
         "verbosity",
@@ -189,6 +192,10 @@ class StreamOptions(_Strict):
 
 # ---------------------------------------------------------------- request
 
+ServiceTier = Literal["auto", "default", "flex", "priority"]
+"""Cerebras's tiers: the engine schedules priority before default before flex; auto runs as
+default (the highest tier open to every client here)."""
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -207,8 +214,13 @@ class ChatCompletionRequest(_Strict):
     n: int | None = Field(default=None, ge=1, le=8)
     parallel_tool_calls: bool | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    prompt_cache_key: str | None = Field(default=None, max_length=MAX_PROMPT_CACHE_KEY_CHARS)
+    """An opaque id of requests likely to share a prompt prefix; logged. The engine's prefix
+    cache needs no hint: every request reuses any cached prefix."""
     response_format: ResponseFormat | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    service_tier: ServiceTier | None = None
+    """Cerebras: the request's scheduling priority (none: default); echoed in the response."""
     stop: str | list[str] | None = None
     """Up to 4 sequences; generation stops before them and they are not returned."""
     stream: bool | None = None
@@ -277,6 +289,12 @@ class ChatCompletionRequest(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
+    def tier_used(self) -> Literal["default", "flex", "priority"]:
+        """The tier the request runs on: ``auto`` and none run as default."""
+        tier = self.service_tier
+        return "default" if tier is None or tier == "auto" else tier
+
+    @property
     def completion_limit(self) -> int | None:
         """max_completion_tokens wins over the older max_tokens."""
         return self.max_completion_tokens or self.max_tokens
@@ -330,10 +348,23 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+    """Prompt tokens the engine's prefix cache held: not computed again."""
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = _omitted_when_null()
+
+    @property
+    def uncached_tokens(self) -> int:
+        """Cerebras's uncached count: prompt tokens not served from the cache, plus the
+        completion."""
+        cached = self.prompt_tokens_details.cached_tokens if self.prompt_tokens_details else 0
+        return self.total_tokens - cached
 
 
 class TimeInfo(BaseModel):
@@ -356,6 +387,10 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
     time_info: TimeInfo | None = None
     """Cerebras: timings taken from the engine's own request timestamps."""
+    service_tier: ServiceTier | None = _omitted_when_null()
+    """The request's ``service_tier``, when it sent one."""
+    service_tier_used: ServiceTier | None = _omitted_when_null()
+    """Cerebras, with ``auto``: the tier the request ran on."""
 
 
 class ToolCallDelta(BaseModel):
@@ -387,6 +422,8 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = _omitted_when_null()
     time_info: TimeInfo | None = _omitted_when_null()
+    service_tier: ServiceTier | None = _omitted_when_null()
+    service_tier_used: ServiceTier | None = _omitted_when_null()
 
 
 # ---------------------------------------------------------------- models

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from vllm import RequestOutput
 
-from server.chat.outputs import ChoiceState, choice_logprobs, time_info
+from server.chat.outputs import ChoiceState, choice_logprobs, time_info, usage_of
 from server.chat.preparation import Prepared, prepare
 from server.chat.protocol import (
     ChatCompletionChunk,
@@ -41,17 +41,15 @@ class Outcome:
     """A finished generation: its choices, token counts and timings."""
 
     choices: dict[int, ChoiceState]
-    prompt_tokens: int
-    timing: TimeInfo
+    last: RequestOutput
+    """The engine's last output: it holds the prompt's token counts and timestamps."""
 
     @property
     def usage(self) -> Usage:
-        completion = sum(c.num_tokens for c in self.choices.values())
-        return Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=completion,
-            total_tokens=self.prompt_tokens + completion,
-        )
+        return usage_of(self.last, sum(c.num_tokens for c in self.choices.values()))
+
+    def timing(self, arrival: float) -> TimeInfo:
+        return time_info(self.last.metrics, arrival)
 
 
 class ChatService:
@@ -106,8 +104,9 @@ class ChatService:
         """Engine deltas per choice: (state, new text, new logprobs, request output)."""
         states: dict[int, ChoiceState] = {}
         top = prep.request.top_logprobs or 0 if prep.request.logprobs else None
-        tokenizer = prep.model.engine.tokenizer
-        async for out in prep.model.engine.generate(prep.prompt_ids, prep.params, prep.request_id):
+        engine = prep.model.engine
+        tokenizer, tier = engine.tokenizer, prep.request.tier_used
+        async for out in engine.generate(prep.prompt_ids, prep.params, prep.request_id, tier=tier):
             for output in out.outputs:
                 state = states.setdefault(output.index, ChoiceState(output.index))
                 text, logprobs = state.add(output, top, tokenizer)
@@ -121,13 +120,13 @@ class ChatService:
             last = out
         if last is None:
             raise InternalError("The engine returned no output.")
-        outcome = Outcome(states, len(prep.prompt_ids), time_info(last.metrics, prep.arrival))
+        outcome = Outcome(states, last)
         choices = [self._final_choice(prep, states[i]) for i in sorted(states)]
         return ChatCompletionResponse(
             **prep.envelope,
             choices=choices,
             usage=outcome.usage,
-            time_info=outcome.timing,
+            time_info=outcome.timing(prep.arrival),
         )
 
     def _final_choice(self, prep: Prepared, state: ChoiceState) -> Choice:
@@ -213,7 +212,7 @@ class ChatService:
                 )
         if last is None:
             raise InternalError("The engine returned no output.")
-        outcome = Outcome(states, len(prep.prompt_ids), time_info(last.metrics, prep.arrival))
+        outcome = Outcome(states, last)
         finals = []
         for i in sorted(states):
             finals.append(self._final_chunk_choice(prep, states[i], held[i] if holding[i] else ""))
@@ -222,7 +221,7 @@ class ChatService:
         # when the client asks for OpenAI's usage chunk, usage goes there only: clients that
         # add up the usage of every chunk (LangChain) would count it twice.
         usage = None if include_usage else outcome.usage
-        yield self._chunk(prep, finals, usage=usage, timing=outcome.timing)
+        yield self._chunk(prep, finals, usage=usage, timing=outcome.timing(prep.arrival))
         if include_usage:
             yield self._chunk(prep, [], usage=outcome.usage)
 

@@ -5,6 +5,13 @@ without end. Here each model admits at most ``max_num_seqs`` running requests pl
 ``max_waiting_requests`` waiting ones; the next one gets 429 with ``Retry-After`` at once, which
 the OpenAI and Cerebras SDKs retry after that many seconds. A request holds its slot from
 admission until its response (or stream) has been sent in full.
+
+The same counts give a cheap estimate of a new request's wait, for Cerebras's
+``queue_threshold``: with ``held`` requests admitted and ``slots`` of them running, a new one
+starts after ``held - slots + 1`` finish, and slots free up at ``slots`` per mean service
+time (an average of recent requests' engine time, prompt plus completion). It counts every
+admitted request as ahead (a flex request is behind all of them; higher tiers that arrive
+later overtake it too) and knows nothing before the first request finishes (estimate 0).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ __all__ = ["RETRY_AFTER_SECONDS", "Admission", "Ticket"]
 
 RETRY_AFTER_SECONDS = 1
 """What a 429 tells clients to wait: slots free up as fast as requests finish."""
+SMOOTHING = 0.2
+"""Weight of the latest request in the mean service time (an exponential moving average)."""
 
 
 @dataclass
@@ -38,17 +47,41 @@ class Ticket:
 class Admission:
     """Per-model admission counters in front of the engines (one event loop: no locks)."""
 
-    def __init__(self, limits: dict[str, int]) -> None:
+    def __init__(self, limits: dict[str, int], slots: dict[str, int] | None = None) -> None:
         self.limits = dict(limits)
+        self.slots = dict(slots) if slots is not None else dict(self.limits)
+        """Requests the engine runs at once (max_num_seqs), per model."""
         self._held = dict.fromkeys(self.limits, 0)
+        self._service_seconds: dict[str, float] = {}
 
     @classmethod
     def for_models(cls, models: Iterable[ServedModel], max_waiting: int) -> Admission:
         """``max_num_seqs + max_waiting`` for each served model."""
-        return cls({m.id: m.config.max_num_seqs + max_waiting for m in models})
+        models = list(models)
+        return cls(
+            {m.id: m.config.max_num_seqs + max_waiting for m in models},
+            {m.id: m.config.max_num_seqs for m in models},
+        )
 
     def held(self, model_id: str) -> int:
         return self._held.get(model_id, 0)
+
+    def observe(self, model_id: str, seconds: float) -> None:
+        """A finished request of ``model_id`` ran ``seconds`` in the engine."""
+        if model_id not in self.limits:
+            return
+        mean = self._service_seconds.get(model_id)
+        self._service_seconds[model_id] = (
+            seconds if mean is None else mean + SMOOTHING * (seconds - mean)
+        )
+
+    def expected_wait(self, model_id: str) -> float:
+        """Seconds a request admitted now would wait for a running slot (see the module)."""
+        slots = self.slots.get(model_id, 0)
+        ahead = self.held(model_id) - slots + 1
+        if slots <= 0 or ahead <= 0:
+            return 0.0
+        return ahead * self._service_seconds.get(model_id, 0.0) / slots
 
     def acquire(self, model_id: str) -> Ticket:
         """A slot for ``model_id``, or OverloadedError (429) when all are taken. Unknown

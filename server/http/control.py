@@ -1,5 +1,6 @@
-"""What the chat route wraps around the service: admission, per-key rate limits, the request
-deadline and the client's disconnect, and the access-log fields (model, user, tokens, timings).
+"""What the chat route wraps around the service: admission (and Cerebras's ``queue_threshold``
+for flex and auto requests), per-key rate limits, the request deadline and the client's
+disconnect, and the access-log fields (model, user, cache key, tier, tokens, timings).
 
 The service stays about chat. The route calls ``begin``, hands ``service.prepare`` to
 ``prepare`` (a grammar's compile may wait there), then the service's work to ``answer`` (a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -23,7 +25,13 @@ from server.chat.protocol import (
     TimeInfo,
     Usage,
 )
-from server.errors import APIError, InternalError, RequestTimeoutError
+from server.errors import (
+    APIError,
+    BadRequestError,
+    InternalError,
+    QueueThresholdError,
+    RequestTimeoutError,
+)
 from server.http.admission import Admission
 from server.http.gate import AccessRecord, request_record
 from server.http.ratelimit import RateLimiter
@@ -36,6 +44,10 @@ T = TypeVar("T")
 
 ANONYMOUS = "anonymous"
 """The rate-limit bucket of requests when no API keys are configured."""
+QUEUE_THRESHOLD_MS = (50, 20000)
+"""The values Cerebras accepts in the ``queue_threshold`` header: milliseconds of queueing."""
+QUEUED_TIERS = frozenset({"flex", "auto"})
+"""The tiers ``queue_threshold`` applies to (Cerebras: only these may be refused for it)."""
 
 
 class RequestControl:
@@ -61,15 +73,36 @@ class RequestControl:
         record.fields |= {"id": request_id, "model": body.model, "stream": bool(body.stream)}
         if body.user is not None:
             record.fields["user"] = body.user
+        if body.prompt_cache_key is not None:
+            record.fields["prompt_cache_key"] = body.prompt_cache_key
+        # getattr: a request type without service tiers runs as default.
+        tier = getattr(body, "service_tier", None)
+        if tier is not None:
+            record.fields["service_tier"] = tier
         if self.log_prompts:
             record.fields["messages"] = [m.model_dump(exclude_none=True) for m in body.messages]
         headers = {"x-request-id": record.client_request_id or request_id}
         request.state.deadline = asyncio.get_running_loop().time() + self.request_timeout
+        threshold = queue_threshold(request)
+        if threshold is not None and tier in QUEUED_TIERS:
+            self._check_queue(body.model, threshold)
         ticket = self.admission.acquire(body.model)
         record.cleanups.append(ticket.release)  # the Gate runs it when the response is sent
         if self.limiter.enabled:
             headers |= self.limiter.admit(record.key_id or ANONYMOUS)
         return headers
+
+    def _check_queue(self, model: str, threshold: float) -> None:
+        """QueueThresholdError (429) when the model's queue would hold a new request longer
+        than ``threshold`` seconds."""
+        wait = self.admission.expected_wait(model)
+        if wait > threshold:
+            retry = max(1, math.ceil(wait - threshold))
+            raise QueueThresholdError(
+                f"The expected queue time for '{model}' ({wait * 1000:.0f} ms) is longer than "
+                f"queue_threshold ({threshold * 1000:.0f} ms). Retry after {retry} s.",
+                headers={"Retry-After": str(retry)},
+            )
 
     async def prepare(self, request: Request, work: Awaitable[T]) -> T:
         """``work``'s result (the service's preparation: a grammar's compile may wait in it),
@@ -162,10 +195,31 @@ class RequestControl:
 
     def _note(self, record: AccessRecord, usage: Usage | None, timing: TimeInfo | None) -> None:
         if usage is not None:
-            record.fields["usage"] = usage.model_dump()
-            self.limiter.add_tokens(record.key_id or ANONYMOUS, usage.total_tokens)
+            record.fields["usage"] = usage.model_dump(exclude_none=True)
+            key = record.key_id or ANONYMOUS
+            self.limiter.add_tokens(key, usage.total_tokens, usage.uncached_tokens)
         if timing is not None:
             record.fields["time_info"] = timing.model_dump()
+            engine_seconds = timing.prompt_time + timing.completion_time
+            self.admission.observe(record.fields.get("model", ""), engine_seconds)
+
+
+def queue_threshold(request: Request) -> float | None:
+    """The ``queue_threshold`` header in seconds (none when absent); a value Cerebras would
+    not accept is a 400 naming it."""
+    value = request.headers.get("queue_threshold")
+    if value is None:
+        return None
+    low, high = QUEUE_THRESHOLD_MS
+    text = value.strip()
+    # The length first: int() of a long digit string is slow, and refused past 4,300 digits.
+    if not (len(text) <= 5 and text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise BadRequestError(
+            f"The queue_threshold header must be a whole number of milliseconds from {low} to "
+            f"{high}; got {value[:32]!r}.",
+            param="queue_threshold",
+        )
+    return int(text) / 1000
 
 
 async def _disconnected(request: Request) -> None:

@@ -25,9 +25,14 @@ from grammars import backend
 from server.errors import EngineDeadError
 from server.models.config import ModelConfig, check_parallelism
 
-__all__ = ["Engine", "engine_args", "on_gpu", "visible_gpus"]
+__all__ = ["TIER_PRIORITY", "Engine", "engine_args", "on_gpu", "visible_gpus"]
 
 log = logging.getLogger(__name__)
+
+TIER_PRIORITY = {"priority": -1, "default": 0, "flex": 1}
+"""A service tier's priority in vLLM's scheduler, which takes the lowest value first (ties in
+order of arrival): priority before default before flex. A running request keeps its slot: a
+higher tier overtakes the queue, not the requests already generating."""
 
 
 def on_gpu() -> bool:
@@ -57,6 +62,8 @@ def engine_args(
             "backend": structured_backend,
             **backend(structured_backend).engine_options,
         },
+        # Waiting requests are taken by service tier (TIER_PRIORITY), then by arrival.
+        "scheduling_policy": "priority",
         # Sampling defaults are ours (sampling.DEFAULTS), never the checkpoint's.
         "generation_config": "vllm",
         # Stats on: per-request timestamps feed time_info and the Prometheus metrics.
@@ -114,13 +121,21 @@ class Engine:
         )
 
     async def generate(
-        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        *,
+        tier: str = "default",
     ) -> AsyncIterator[RequestOutput]:
         """Stream ``RequestOutput`` deltas; closing the iterator aborts the request. A dead
-        engine core raises our ``EngineDeadError`` (503 ``engine_dead``), not vLLM's."""
+        engine core raises our ``EngineDeadError`` (503 ``engine_dead``), not vLLM's.
+        ``tier`` (a key of TIER_PRIORITY) orders the request in the engine's queue."""
         # Already tokenized: a rendered input goes straight to the engine (a raw prompt would
         # take a hop through vLLM's tokenizer thread pool first).
-        stream = self._llm.generate(tokens_input(prompt_ids), params, request_id)
+        stream = self._llm.generate(
+            tokens_input(prompt_ids), params, request_id, priority=TIER_PRIORITY[tier]
+        )
         try:
             async for out in stream:
                 yield out

@@ -40,15 +40,19 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def access_line(self, request_id: str, wait: float = 10) -> dict[str, Any]:
-        """The access log's JSON line for ``request_id`` (written once the response is sent)."""
+    def access_line(
+        self, value: str, field: str = "request_id", wait: float = 10
+    ) -> dict[str, Any]:
+        """The JSON log line whose ``field`` is ``value`` (a request's access-log line, by
+        ``request_id`` or response ``id``), once written: after the response is sent."""
+        needle = json.dumps({field: value})[1:-1]  # '"field": "value"', as the log writes it
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             for text in self.log().splitlines():
-                if text.startswith("{") and f'"request_id": "{request_id}"' in text:
+                if text.startswith("{") and needle in text:
                     return json.loads(text)
             time.sleep(0.2)
-        raise AssertionError(f"no access log line for {request_id}")
+        raise AssertionError(f"no log line with {needle} after {wait} s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:

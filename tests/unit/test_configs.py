@@ -79,6 +79,21 @@ def test_cpu_engine_args_size_the_kv_cache() -> None:
     assert "gpu_memory_utilization" not in kwargs
 
 
+def test_engine_schedules_by_service_tier() -> None:
+    """vLLM takes the lowest priority value first: priority, then default, then flex. The
+    engine arguments are valid for vLLM's own argument class."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from server.models.engine import TIER_PRIORITY
+
+    kwargs = engine_args(
+        load_model_config("smollm2-135m"), "/m", structured_backend="guidance", gpu=False
+    )
+    assert kwargs["scheduling_policy"] == "priority"
+    assert AsyncEngineArgs(**kwargs).scheduling_policy == "priority"
+    assert TIER_PRIORITY["priority"] < TIER_PRIORITY["default"] < TIER_PRIORITY["flex"]
+
+
 BASE = {
     "id": "m",
     "source": "huggingface",

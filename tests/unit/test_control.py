@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from server.http.admission import Admission
 from server.http.ratelimit import RateLimiter
-from tests.support.fakes import MODEL, FakeService, chat, running, sse_events
+from tests.support.fakes import MODEL, USAGE, FakeService, chat, running, sse_events
 
 
 def rejected(reason: str) -> float:
@@ -136,6 +136,140 @@ def test_token_window_fills_then_resets_at_the_minute() -> None:
     limiter.admit("other")  # per key
     clock.now += 40
     assert limiter.admit("k")["x-ratelimit-remaining-tokens-minute"] == "100"
+
+
+def test_uncached_bucket_fills_apart_from_the_total_one() -> None:
+    """Cerebras's two buckets: a request whose prompt the cache held spends all its tokens
+    from the total bucket but only its uncached ones (prompt - cached + completion) from the
+    other; either bucket used up refuses the key until the minute ends."""
+    clock = Clock(60 * 20_000 + 15.0)
+    limiter = RateLimiter(
+        requests_per_day=None, tokens_per_minute=1000, uncached_tokens_per_minute=100, clock=clock
+    )
+    headers = limiter.admit("k")
+    assert headers["x-ratelimit-limit-uncached-tokens-minute"] == "100"
+    assert headers["x-ratelimit-remaining-uncached-tokens-minute"] == "100"
+    assert float(headers["x-ratelimit-reset-uncached-tokens-minute"]) == pytest.approx(45.0)
+    limiter.add_tokens("k", 520, 40)  # 500-token prompt, 480 of them cached, 20 generated
+    headers = limiter.admit("k")
+    assert headers["x-ratelimit-remaining-tokens-minute"] == "480"
+    assert headers["x-ratelimit-remaining-uncached-tokens-minute"] == "60"
+    limiter.add_tokens("k", 70, 60)
+    with pytest.raises(Exception) as refused:  # 410 of 1000 total left, 0 uncached
+        limiter.admit("k")
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "45"
+    assert refused.value.headers["x-ratelimit-remaining-tokens-minute"] == "410"
+    clock.now += 45
+    assert limiter.admit("k")["x-ratelimit-remaining-uncached-tokens-minute"] == "100"
+
+
+def test_uncached_bucket_alone_and_without_a_count_spends_all_tokens() -> None:
+    limiter = RateLimiter(
+        requests_per_day=None, tokens_per_minute=None, uncached_tokens_per_minute=50
+    )
+    assert limiter.enabled
+    headers = limiter.admit("k")
+    assert "x-ratelimit-limit-tokens-minute" not in headers
+    limiter.add_tokens("k", 30)  # no cache count: every token is uncached
+    assert limiter.headers("k")["x-ratelimit-remaining-uncached-tokens-minute"] == "20"
+
+
+def test_uncached_tokens_of_a_request_reach_the_bucket_and_headers() -> None:
+    """Through the real app: the scripted answer's usage (7 prompt tokens, 4 of them cached,
+    3 generated) spends 10 total tokens and 6 uncached ones."""
+    from server.chat.protocol import PromptTokensDetails
+
+    cached = USAGE.model_copy(
+        update={"prompt_tokens_details": PromptTokensDetails(cached_tokens=4)}
+    )
+
+    class Cached(FakeService):
+        async def complete(self, prep: Any) -> Any:
+            return (await super().complete(prep)).model_copy(update={"usage": cached})
+
+    async def go() -> list[httpx.Response]:
+        settings = {
+            "rate_limit_tokens_per_minute": 100,
+            "rate_limit_uncached_tokens_per_minute": 50,
+        }
+        async with running(Cached(), **settings) as (client, _):
+            return [await client.post("/v1/chat/completions", json=chat()) for _ in range(2)]
+
+    first, second = asyncio.run(go())
+    assert first.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
+    # Both are of the same minute unless the first answer straddled its end.
+    left = (
+        second.headers["x-ratelimit-remaining-tokens-minute"],
+        second.headers["x-ratelimit-remaining-uncached-tokens-minute"],
+    )
+    assert left in {("90", "44"), ("100", "50")}
+
+
+def test_expected_wait_counts_the_requests_ahead() -> None:
+    """Two slots, three requests held: a fourth starts after two finish, and slots free up
+    at two per mean service time."""
+    admission = Admission({"m": 10}, {"m": 2})
+    tickets = [admission.acquire("m") for _ in range(3)]
+    assert admission.expected_wait("m") == 0.0  # no request has finished: nothing known
+    admission.observe("m", 4.0)
+    assert admission.expected_wait("m") == pytest.approx(2 * 4.0 / 2)
+    admission.observe("m", 9.0)  # the mean moves a fifth of the way: 5 s
+    assert admission.expected_wait("m") == pytest.approx(2 * 5.0 / 2)
+    tickets[0].release()
+    tickets[1].release()
+    assert admission.expected_wait("m") == 0.0  # a slot is free
+    admission.observe("unknown", 1.0)  # not served here: ignored
+    assert admission.expected_wait("unknown") == 0.0
+
+
+def test_queue_threshold_refuses_flex_and_auto_when_the_queue_is_long() -> None:
+    """One slot, one request held and one known to take 2 s: a flex or auto request with
+    queue_threshold 500 ms is a 429 with Retry-After at once; with 5000 ms, or as default or
+    priority, it is admitted. A bad header is a 400 naming queue_threshold."""
+    service = FakeService(max_num_seqs=1)
+    statuses: dict[str, int] = {}
+
+    async def go() -> dict[str, httpx.Response]:
+        async with running(service) as (client, app):
+            admission = app.state.control.admission
+            admission.observe("fake-model", 2.0)
+            service.hold = asyncio.Event()
+            held = asyncio.create_task(client.post("/v1/chat/completions", json=chat()))
+            await until(lambda: admission.held("fake-model") == 1)
+            out = {}
+            for name, tier, threshold in [
+                ("flex", "flex", "500"),
+                ("auto", "auto", "500"),
+                ("flex_patient", "flex", "5000"),
+                ("default", "default", "50"),
+                ("priority", "priority", "50"),
+                ("no_tier", None, "50"),
+                ("bad", "flex", "20001"),
+                ("junk", "flex", "9" * 5000),
+            ]:
+                body = chat(service_tier=tier) if tier else chat()
+                headers = {"queue_threshold": threshold}
+                out[name] = asyncio.create_task(
+                    client.post("/v1/chat/completions", json=body, headers=headers)
+                )
+                await asyncio.sleep(0)
+            await until(lambda: all(t.done() for k, t in out.items() if k in REFUSED))
+            statuses.update({k: t.result().status_code for k, t in out.items() if t.done()})
+            service.hold.set()
+            await held
+            return {k: await t for k, t in out.items()}
+
+    REFUSED = {"flex", "auto", "bad", "junk"}
+    answers = asyncio.run(go())
+    assert {k: statuses[k] for k in REFUSED} == {"flex": 429, "auto": 429, "bad": 400, "junk": 400}
+    refused = answers["flex"]
+    assert refused.json()["error"]["code"] == "queue_threshold_exceeded"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    # 2 s expected (1 request ahead, 2 s each, 1 slot) against 0.5 s allowed.
+    assert refused.headers["retry-after"] == "2"
+    assert answers["bad"].json()["error"]["param"] == "queue_threshold"
+    for admitted in ("flex_patient", "default", "priority", "no_tier"):
+        assert answers[admitted].status_code == 200, admitted
 
 
 def test_request_window_is_the_utc_day() -> None:

@@ -40,6 +40,9 @@ def error_for(**fields: Any) -> dict[str, Any]:
         ({"logit_bias": {"1": -101}}, "logit_bias.1"),
         ({"messages": []}, "messages"),
         ({"user": "u" * 257}, "user"),
+        ({"prompt_cache_key": "k" * 1025}, "prompt_cache_key"),
+        ({"service_tier": "fast"}, "service_tier"),
+        ({"service_tier": "Priority"}, "service_tier"),
         ({"repetition_penalty": 5e-324}, "repetition_penalty"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user"}]}, "messages[0]"),
@@ -80,8 +83,37 @@ def test_unknown_field_message() -> None:
 
 
 def test_ignored_openai_fields_are_dropped() -> None:
-    request = ChatCompletionRequest(**BASE, store=True, metadata={"a": 1}, service_tier="auto")
+    request = ChatCompletionRequest(**BASE, store=True, metadata={"a": 1})
     assert "store" not in request.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("tier", "used"),
+    [
+        (None, "default"),
+        ("auto", "default"),
+        ("default", "default"),
+        ("flex", "flex"),
+        ("priority", "priority"),
+    ],
+)
+def test_service_tier_runs_auto_as_default(tier: str | None, used: str) -> None:
+    assert ChatCompletionRequest(**BASE, service_tier=tier).tier_used == used
+
+
+def test_usage_counts_uncached_tokens_as_cerebras_does() -> None:
+    """Uncached: prompt tokens not served from the cache, plus the completion."""
+    from server.chat.protocol import PromptTokensDetails, Usage
+
+    usage = Usage(
+        prompt_tokens=1000,
+        completion_tokens=20,
+        total_tokens=1020,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=960),
+    )
+    assert usage.uncached_tokens == 60
+    assert usage.model_dump()["prompt_tokens_details"] == {"cached_tokens": 960}
+    assert Usage(prompt_tokens=5, completion_tokens=1, total_tokens=6).uncached_tokens == 6
 
 
 def test_content_parts_join_as_text() -> None:
@@ -113,7 +145,7 @@ def test_every_wrong_type_names_its_field(name: str, bad: Any) -> None:
         param = validation_to_api_error(errors).param or ""
         assert param.split(".")[0].split("[")[0] == name, (param, exc.errors()[0]["loc"])
     else:
-        assert bad == "yes please" and name in {"model", "stop", "user"}  # strings, all three
+        assert bad == "yes please" and name in {"model", "prompt_cache_key", "stop", "user"}
 
 
 def test_wire_shape_follows_openai_schema() -> None:
