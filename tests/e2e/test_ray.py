@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from tests.support.probes import wait_until
-from tests.support.raycluster import SERVE, cluster_processes, ray_cluster, rss_mib
+from tests.support.raycluster import SERVE, cluster_processes, memory_mib, ray_cluster
 from tests.support.serverproc import ROOT, free_port
 from tests.support.sse import sse_data
 
@@ -138,8 +138,12 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             base = f"http://127.0.0.1:{port}"
             wait_until(lambda: _replicas_ready(base, driver), 900, "two replicas ready")
             ready_s = time.monotonic() - started
-            memory = rss_mib(cluster_processes())
-            print(f"\nray serve: 2 replicas ready in {ready_s:.0f} s, cluster RSS {memory:.0f} MiB")
+            processes = cluster_processes()
+            rss, pss = memory_mib(processes)
+            print(  # the numbers README "Scaling out" quotes
+                f"\nray serve: 2 replicas ready in {ready_s:.0f} s; {len(processes)} processes, "
+                f"RSS {rss:.0f} MiB, PSS {pss:.0f} MiB"
+            )
             yield {"base": base, "log": log_dir / "serve.log", "cluster": cluster}
         finally:
             driver.kill()
@@ -163,7 +167,7 @@ def client(base: str, key: str = KEY) -> openai.OpenAI:
 
 def ask(base: str, i: int) -> tuple[str, str]:
     """One chat completion (every other one streamed): (replica, text)."""
-    messages = [{"role": "user", "content": f"Count to {i % 7 + 2}."}]
+    messages: Any = [{"role": "user", "content": f"Count to {i % 7 + 2}."}]
     raw: Any
     if i % 2:
         raw = client(base).chat.completions.with_raw_response.create(
@@ -226,6 +230,13 @@ def test_keys_errors_metrics_and_access_logs_behind_the_proxy(serve: dict[str, A
     assert "vllm:num_requests_running" in metrics.text
     assert "llama_serve_http_responses_total" in metrics.text
     assert httpx.get(f"{base}/metrics", timeout=30).status_code == 401
+    # Ray's own series, one per replica, from the head node's metrics export.
+    ray_metrics = f"http://127.0.0.1:{serve['cluster'].metrics_port}/metrics"
+    wait_until(
+        lambda: len(_replica_labels(httpx.get(ray_metrics, timeout=10).text)) == 2,
+        120,
+        "Ray Serve's request counter for each replica",
+    )
 
     request_id = "ray-serve-access-log-probe"
     client(base).chat.completions.create(
@@ -244,6 +255,14 @@ def test_keys_errors_metrics_and_access_logs_behind_the_proxy(serve: dict[str, A
     assert (record["logger"], record["status"]) == ("server.access", 200), record
 
 
+def _replica_labels(text: str) -> set[str]:
+    return {
+        line.split('replica="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("ray_serve_deployment_request_counter") and 'replica="' in line
+    }
+
+
 def replica_processes() -> list[psutil.Process]:
     return [
         p
@@ -259,8 +278,6 @@ def test_a_killed_replica_is_replaced_and_no_request_hangs(serve: dict[str, Any]
     victims = replica_processes()
     assert len(victims) == 2, victims
 
-    outcomes: list[str] = []
-
     def one(i: int) -> str:
         try:
             ask(base, i)
@@ -271,21 +288,64 @@ def test_a_killed_replica_is_replaced_and_no_request_hangs(serve: dict[str, Any]
     with ThreadPoolExecutor(4) as pool:
         sent = [pool.submit(one, i) for i in range(8)]
         time.sleep(2)  # requests in flight on both replicas
+        killed = time.monotonic()
         victims[0].kill()
         sent += [pool.submit(one, i) for i in range(8, 24)]
         done, pending = wait(sent, timeout=600)
-        outcomes = [f.result() for f in done]
+        outcomes = [f.result() for f in sent if f in done]  # in the order sent
     assert not pending, f"{len(pending)} requests hung"
     assert len(outcomes) == 24
-    assert outcomes.count("answer") >= 12, outcomes  # the other replica kept serving
+    print(f"\nray serve, one replica killed: {sorted(outcomes)}")
+    assert "answer" in outcomes[8:], outcomes  # the other replica kept serving
 
     seen: set[str] = set()
     wait_until(_new_replica(base, before, seen), 900, "a replacement replica serving")
+    print(f"ray serve: replacement serving {time.monotonic() - killed:.0f} s after the kill")
     # Served again by two replicas, one of them new; new requests all succeed.
-    after = {ask(base, i)[0] for i in range(12)}
-    assert all(isinstance(r, str) for r in after)
-    assert seen - before, seen
+    after = {ask(base, i)[0] for i in range(16)}
+    assert len(after) == 2 and after - before, (before, after)
     assert len(replica_processes()) == 2
+
+
+def test_a_replica_whose_engine_died_fails_its_health_check_and_is_replaced(
+    serve: dict[str, Any],
+) -> None:
+    """Not a dead process this time: the replica lives on with a dead engine, and only the
+    server's own health answer (``check_health``) tells Ray Serve to replace it."""
+    base = serve["base"]
+    before = {ask(base, i)[0] for i in range(8)}
+    assert len(before) == 2
+    replica = replica_processes()[0]
+    (core,) = [
+        p
+        for p in replica.children(recursive=True)
+        if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
+    ]
+    log_before = len(serve["log"].read_text(errors="replace"))
+    core.kill()
+
+    def dead_replica_seen() -> bool:
+        try:
+            ask(base, 0)
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503 and exc.code == "engine_dead", exc.body
+            return True
+        return False
+
+    wait_until(dead_replica_seen, 120, "a request answered by the replica whose engine died")
+    wait_until(
+        lambda: (
+            "failed health check, stopping it"
+            in serve["log"].read_text(errors="replace")[log_before:]
+        ),
+        300,
+        "Ray Serve stopping the replica on its failed health check",
+    )
+    assert not replica.is_running() or replica.status() == psutil.STATUS_ZOMBIE
+    seen: set[str] = set()
+    wait_until(_new_replica(base, before, seen), 900, "a replacement replica serving")
+    after = {ask(base, i)[0] for i in range(16)}
+    assert len(after) == 2 and after - before, (before, after)
 
 
 def _new_replica(base: str, before: set[str], seen: set[str]) -> Callable[[], bool]:

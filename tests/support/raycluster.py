@@ -20,7 +20,7 @@ import psutil
 
 from tests.support.serverproc import ROOT, free_port
 
-__all__ = ["RayCluster", "cluster_processes", "ray_cluster", "rss_mib"]
+__all__ = ["RayCluster", "cluster_processes", "memory_mib", "ray_cluster"]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -34,6 +34,8 @@ class RayCluster:
     log_dir: Path
     env: dict[str, str]
     nodes: int = 0
+    metrics_port: int = field(default_factory=free_port)
+    """The head node's Prometheus export of Ray's own metrics (Serve's per-replica series)."""
     _seen: dict[int, psutil.Process] = field(default_factory=dict)
 
     @property
@@ -59,7 +61,15 @@ class RayCluster:
             "--disable-usage-stats",
         ]
         if self.nodes == 0:
-            args = ["--head", "--port", str(self.port), "--include-dashboard=false", *args]
+            args = [
+                "--head",
+                "--port",
+                str(self.port),
+                "--include-dashboard=false",
+                "--metrics-export-port",
+                str(self.metrics_port),
+                *args,
+            ]
         else:
             args = ["--address", self.address, *args]
         self.run(RAY, "start", *args, timeout=120)
@@ -124,12 +134,16 @@ def cluster_processes() -> list[psutil.Process]:
     return list(found.values())
 
 
-def rss_mib(processes: list[psutil.Process]) -> float:
-    total = 0
+def memory_mib(processes: list[psutil.Process]) -> tuple[float, float]:
+    """(RSS, PSS) summed over ``processes``, in MiB: RSS counts the libraries they share (torch)
+    once per process, PSS splits shared pages among them."""
+    rss = pss = 0
     for proc in processes:
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total / 2**20
+            info = proc.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+    return rss / 2**20, pss / 2**20
 
 
 @contextlib.contextmanager
