@@ -193,7 +193,12 @@ def test_forty_requests_through_the_proxy_reach_both_replicas(serve: dict[str, A
 
 
 def test_a_stream_passes_through_unchanged(serve: dict[str, Any]) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 32,
+        "stream": True,
+    }
     headers = {"authorization": f"Bearer {KEY}"}
     with httpx.stream(
         "POST", f"{serve['base']}/v1/chat/completions", json=body, headers=headers, timeout=120
@@ -341,7 +346,11 @@ def test_a_replica_whose_engine_died_fails_its_health_check_and_is_replaced(
         300,
         "Ray Serve stopping the replica on its failed health check",
     )
-    assert not replica.is_running() or replica.status() == psutil.STATUS_ZOMBIE
+    wait_until(
+        lambda: not replica.is_running() or replica.status() == psutil.STATUS_ZOMBIE,
+        120,
+        "the unhealthy replica's process gone (after its graceful shutdown)",
+    )
     seen: set[str] = set()
     wait_until(_new_replica(base, before, seen), 900, "a replacement replica serving")
     after = {ask(base, i)[0] for i in range(16)}

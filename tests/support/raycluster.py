@@ -156,6 +156,9 @@ def ray_cluster(log_dir: Path, *, node_cpus: list[int]) -> Iterator[RayCluster]:
         # Ray runs its workers at nice 15 (its own daemons first); on a machine shared with
         # other servers a replica's engine would then barely run.
         "RAY_worker_niceness": "0",
+        # Ray's memory monitor kills its workers when the machine's memory passes 95%, whoever
+        # uses it; on a machine shared with other servers that would be their memory.
+        "RAY_memory_monitor_refresh_ms": "0",
         "LLAMA_SERVE_EAGER": "true",
     }
     cluster = RayCluster(port=free_port(), log_dir=log_dir, env=env)
