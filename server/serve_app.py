@@ -1,4 +1,4 @@
-"""Replicas of this server behind Ray Serve: ``serve run configs/ray-serve.yaml``.
+"""Replicas of this server behind Ray Serve: ``serve run configs/serve/ray-serve.yaml``.
 
 Each replica is the whole server (its own engine, admission, keys, metrics, access log) as
 a Ray Serve deployment wrapping our FastAPI app, whose lifespan starts the engine as under
@@ -14,7 +14,8 @@ What maps to what (README "Scaling out"):
   (beyond that they queue inside the engine);
 - Ray Serve's health check asks what ``/health`` answers (``health_problem``): a replica
   whose engine died is replaced;
-- a replica's ``num_gpus`` is the GPUs its engine uses (tensor x pipeline parallel), 0 on CPU.
+- a replica's ``num_gpus`` is the GPUs its engines use (tensor x pipeline parallel) with
+  ``gpu: true``, 0 on CPU.
 
 Routing: Ray Serve's default router (the less loaded of two random replicas). Its prefix
 routing (``PrefixCacheAffinityRouter`` in ``ray.llm``) reads the prompt from a deployment
