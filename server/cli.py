@@ -27,7 +27,7 @@ from server.settings import Settings
 if TYPE_CHECKING:
     from server.chat.service import ChatService
 
-__all__ = ["build_parser", "load_service", "main"]
+__all__ = ["build_parser", "load_service", "main", "prepare_environment"]
 
 VLLM_LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
 
@@ -164,12 +164,17 @@ def build_model(argv: list[str]) -> None:
         print(f"{name}: {path} ({time.monotonic() - started:.1f} s)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def prepare_environment() -> None:
+    """What must be set before vLLM is imported (here and in a Ray Serve replica)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # vLLM's own lines (its engine core's too: a child process reads the same variable) as
     # JSON through server.logs, before vLLM is imported and configures its logging.
     os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(VLLM_LOGGING_CONFIG))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    prepare_environment()
     if argv[:1] == ["build-model"]:
         build_model(argv[1:])
         return

@@ -27,7 +27,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line |= {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        # Underscored attributes are other libraries' own (Ray stamps _ray_timestamp_ns on
+        # every record once it is imported), not fields of ours.
+        line |= {
+            k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
+        }
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

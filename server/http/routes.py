@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
@@ -27,7 +27,7 @@ from server.http.gate import record_of
 from server.metrics import render_metrics
 from server.models.pool import ServedModel
 
-__all__ = ["router"]
+__all__ = ["health_problem", "router"]
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -104,15 +104,20 @@ def _card(model: ServedModel) -> ModelCard:
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     """503 once an engine died or a drain began (a probe's answer, not a rejection)."""
-    pool = _service(request).pool
-    problem: APIError | None = None
-    if not pool.alive:
-        problem = EngineDeadError("The engine has stopped; this server is restarting.")
-    elif request.app.state.lifecycle.state != "serving":
-        problem = DrainingError("The server is shutting down.")
+    problem = health_problem(request.app)
     if problem is not None:
         return JSONResponse(problem.body(), status_code=problem.status)
-    return JSONResponse({"status": "ok", "models": [m.id for m in pool]})
+    return JSONResponse({"status": "ok", "models": [m.id for m in _service(request).pool]})
+
+
+def health_problem(app: FastAPI) -> APIError | None:
+    """Why this server should get no traffic (an engine died, a drain began), or None. The
+    Ray Serve replica's health check asks the same (server/serve_app.py)."""
+    if not app.state.service.pool.alive:
+        return EngineDeadError("The engine has stopped; this server is restarting.")
+    if app.state.lifecycle.state != "serving":
+        return DrainingError("The server is shutting down.")
+    return None
 
 
 @router.get("/metrics", include_in_schema=False)

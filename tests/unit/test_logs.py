@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.logs import setup_logging
+from server.logs import JsonFormatter, setup_logging
 
 NAMES = ("server", "grammars", "uvicorn.error")
 
@@ -58,3 +58,11 @@ def test_uvicorns_unfinished_response_is_a_warning(capsys: pytest.CaptureFixture
     assert unfinished["msg"] == "connection closed with its response unfinished"
     assert (crash["level"], crash["msg"]) == ("error", "Exception in ASGI application")
     assert "color_message" not in crash
+
+
+def test_other_libraries_private_record_attributes_are_not_fields() -> None:
+    # Ray, once imported, stamps _ray_timestamp_ns on every record of the process.
+    record = logging.makeLogRecord({"msg": "ready", "_ray_timestamp_ns": 1, "n": 2})
+    line = json.loads(JsonFormatter().format(record))
+    assert "_ray_timestamp_ns" not in line
+    assert (line["msg"], line["n"]) == ("ready", 2)
