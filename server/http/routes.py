@@ -90,7 +90,9 @@ async def _generate(
     )
     if body.stream:
         events = control.stream(request, service.stream(prepared))
-        return _EventStream(_sse(events), ping=15, headers=headers, send_timeout=30)
+        # sep: events end in "\n\n" as OpenAI's do; sse-starlette's default "\r\n\r\n" is
+        # valid SSE, but parsers that split on "\n\n" (vLLM's bench) lose events in it.
+        return _EventStream(_sse(events), ping=15, headers=headers, send_timeout=30, sep="\n")
     response = await control.answer(request, service.complete(prepared))
     return JSONResponse(response.model_dump(), headers=headers)
 
