@@ -1,4 +1,4 @@
-"""Turn a validated chat request into vLLM ``SamplingParams``.
+"""Turn a validated chat or completions request into vLLM ``SamplingParams``.
 
 Defaults come from the table below, never from a model's ``generation_config.json``: a client
 that sends no temperature gets 1.0 on every model, as with OpenAI and Cerebras.
@@ -57,9 +57,10 @@ class SamplingRequest(Protocol):
     @property
     def stop_list(self) -> list[str]: ...
     @property
-    def logprobs(self) -> bool | None: ...
-    @property
-    def top_logprobs(self) -> int | None: ...
+    def num_logprobs(self) -> int | None:
+        """Alternatives reported per sampled token (0: the sampled one only); None: none."""
+        ...
+
     @property
     def logit_bias(self) -> Mapping[str, float] | None: ...
 
@@ -70,14 +71,15 @@ def to_sampling_params(
     max_tokens: int,
     stop_token_ids: Iterable[int],
     structured_outputs: StructuredOutputsParams | None = None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """The engine parameters for ``request``; ``max_tokens`` is already fitted to the context.
 
     Greedy decoding is the explicit state ``temperature == 0``; the request is never rewritten
     to get it (vLLM itself then resets top_p, top_k and min_p, which greedy ignores).
+    ``prompt_logprobs`` asks for the prompt tokens' logprobs too (a completion's echo).
     """
     fields = {key: _get(request, key, default) for key, default in DEFAULTS.items()}
-    top_logprobs = request.top_logprobs or 0
     return SamplingParams(
         **fields,
         seed=request.seed,
@@ -85,7 +87,8 @@ def to_sampling_params(
         # ignore_eos (benchmarks) means "run to max_tokens": end-of-turn tokens too.
         stop_token_ids=[] if request.ignore_eos else list(stop_token_ids),
         max_tokens=max_tokens,
-        logprobs=top_logprobs if request.logprobs else None,
+        logprobs=request.num_logprobs,
+        prompt_logprobs=prompt_logprobs,
         logit_bias={int(k): v for k, v in request.logit_bias.items()}
         if request.logit_bias
         else None,

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grammars import GrammarError
 from server.chat.service import ChatService
+from server.completions.service import CompletionService
 from server.errors import (
     APIError,
     BadRequestError,
@@ -56,6 +57,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.monotonic()
         service = app.state.service = await asyncio.to_thread(load_service)
+        app.state.completions = CompletionService(service.pool)
         # JSON mode's grammar, in the compile worker and in the engine, before the first
         # request, so that request does not pay for it.
         await service.warm_up()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from vllm import RequestOutput
 
-from server.chat.outputs import ChoiceState, choice_logprobs, time_info, usage_of
 from server.chat.preparation import Prepared, prepare
 from server.chat.protocol import (
     ChatCompletionChunk,
@@ -23,11 +22,10 @@ from server.chat.protocol import (
     FinishReason,
     NamedToolChoice,
     ResponseMessage,
-    TimeInfo,
-    TokenLogprob,
     ToolCallDelta,
-    Usage,
 )
+from server.common.outputs import ChoiceState, choice_logprobs, time_info, usage_of
+from server.common.protocol import TimeInfo, TokenLogprob, Usage
 from server.errors import EngineFailedError, FailedGenerationError, InternalError
 from server.models.pool import ModelPool
 
@@ -103,7 +101,7 @@ class ChatService:
     ) -> AsyncIterator[tuple[ChoiceState, str, list[TokenLogprob], RequestOutput]]:
         """Engine deltas per choice: (state, new text, new logprobs, request output)."""
         states: dict[int, ChoiceState] = {}
-        top = prep.request.top_logprobs or 0 if prep.request.logprobs else None
+        top = prep.request.num_logprobs
         engine = prep.model.engine
         tokenizer, tier = engine.tokenizer, prep.request.tier_used
         async for out in engine.generate(prep.prompt_ids, prep.params, prep.request_id, tier=tier):
@@ -216,7 +214,7 @@ class ChatService:
         finals = []
         for i in sorted(states):
             finals.append(self._final_chunk_choice(prep, states[i], held[i] if holding[i] else ""))
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        include_usage = request.include_usage
         # The final chunk carries finish_reason and time_info, and usage as Cerebras sends it;
         # when the client asks for OpenAI's usage chunk, usage goes there only: clients that
         # add up the usage of every chunk (LangChain) would count it twice.

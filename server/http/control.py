@@ -1,8 +1,9 @@
-"""What the chat route wraps around the service: admission (and Cerebras's ``queue_threshold``
-for flex and auto requests), per-key rate limits, the request deadline and the client's
-disconnect, and the access-log fields (model, user, cache key, tier, tokens, timings).
+"""What the generating routes (chat and text completions) wrap around their service:
+admission (and Cerebras's ``queue_threshold`` for flex and auto requests), per-key rate
+limits, the request deadline and the client's disconnect, and the access-log fields (model,
+user, cache key, tier, tokens, timings).
 
-The service stays about chat. The route calls ``begin``, hands ``service.prepare`` to
+The services stay about generating. A route calls ``begin``, hands ``service.prepare`` to
 ``prepare`` (a grammar's compile may wait there), then the service's work to ``answer`` (a
 plain answer) or its chunks to ``stream``: all three run under one deadline, counted from
 ``begin``, and all end the request's work when the client leaves.
@@ -14,17 +15,11 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
-from server.chat.protocol import (
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    TimeInfo,
-    Usage,
-)
+from server.common.protocol import TimeInfo, Usage
 from server.errors import (
     APIError,
     BadRequestError,
@@ -36,11 +31,41 @@ from server.http.admission import Admission
 from server.http.gate import AccessRecord, request_record
 from server.http.ratelimit import RateLimiter
 
-__all__ = ["RequestControl"]
+__all__ = ["Answer", "Controlled", "RequestControl"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class Controlled(Protocol):
+    """What control reads of a request."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def stream(self) -> bool | None: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def prompt_cache_key(self) -> str | None: ...
+    @property
+    def service_tier(self) -> str | None: ...
+    def logged_prompt(self) -> dict[str, Any]:
+        """The prompt's access-log fields (with ``log_prompts``)."""
+        ...
+
+
+class Answer(Protocol):
+    """What control reads of a response or chunk: its usage and timings, for the log."""
+
+    @property
+    def usage(self) -> Usage | None: ...
+    @property
+    def time_info(self) -> TimeInfo | None: ...
+
+
+A = TypeVar("A", bound=Answer)
 
 ANONYMOUS = "anonymous"
 """The rate-limit bucket of requests when no API keys are configured."""
@@ -64,9 +89,7 @@ class RequestControl:
         self.request_timeout = request_timeout
         self.log_prompts = log_prompts
 
-    def begin(
-        self, request: Request, body: ChatCompletionRequest, request_id: str
-    ) -> dict[str, str]:
+    def begin(self, request: Request, body: Controlled, request_id: str) -> dict[str, str]:
         """Admit the request (429 when its model is full or its key over a limit) and note
         it for the access log; the response headers to send."""
         record = request_record(request)
@@ -75,12 +98,11 @@ class RequestControl:
             record.fields["user"] = body.user
         if body.prompt_cache_key is not None:
             record.fields["prompt_cache_key"] = body.prompt_cache_key
-        # getattr: a request type without service tiers runs as default.
-        tier = getattr(body, "service_tier", None)
+        tier = body.service_tier
         if tier is not None:
             record.fields["service_tier"] = tier
         if self.log_prompts:
-            record.fields["messages"] = [m.model_dump(exclude_none=True) for m in body.messages]
+            record.fields |= body.logged_prompt()
         headers = {"x-request-id": record.client_request_id or request_id}
         request.state.deadline = asyncio.get_running_loop().time() + self.request_timeout
         threshold = queue_threshold(request)
@@ -109,9 +131,7 @@ class RequestControl:
         under the request's deadline and ended by the client's leaving, like :meth:`answer`."""
         return await self._race(request, work)
 
-    async def answer(
-        self, request: Request, work: Awaitable[ChatCompletionResponse]
-    ) -> ChatCompletionResponse:
+    async def answer(self, request: Request, work: Awaitable[A]) -> A:
         """``work``'s answer, noted for the access log. Past the deadline the work is cancelled
         (aborting the engine request) and a 504 raised; a client that leaves cancels it too
         (Starlette does not cancel a handler whose client disconnected)."""
@@ -137,8 +157,8 @@ class RequestControl:
         return task.result()
 
     async def stream(
-        self, request: Request, chunks: AsyncGenerator[ChatCompletionChunk, None]
-    ) -> AsyncIterator[ChatCompletionChunk | APIError]:
+        self, request: Request, chunks: AsyncGenerator[A, None]
+    ) -> AsyncIterator[A | APIError]:
         """The service's chunks until the deadline; an error, whether the deadline's or the
         service's, ends the stream as one last event (the route adds [DONE]). The final
         chunk's usage and time_info go to the access log. A client that leaves is seen by

@@ -5,8 +5,8 @@ schema fuzzer (``tests/e2e/test_schema_fuzz.py``) need to hold the server to its
 
 - every error status an operation can answer, each with the ``{"error": {...}}`` envelope
   (and no FastAPI 422: validation errors are 400 here);
-- the streamed answer of ``/v1/chat/completions`` as ``text/event-stream`` of
-  ``ChatCompletionChunk`` events;
+- the streamed answers of ``/v1/chat/completions`` and ``/v1/completions`` as
+  ``text/event-stream`` of ``ChatCompletionChunk`` (or ``CompletionResponse``) events;
 - ``/health``'s body, and the request fields that are accepted and ignored;
 - the rules the request validators enforce beyond field types, where JSON Schema can say them
   (what each message role needs, tool name pattern, stop limits, json_schema's schema), so
@@ -24,7 +24,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
-from server.chat.protocol import IGNORED_FIELDS, TOOL_NAME, ChatCompletionChunk
+from server.chat.protocol import TOOL_NAME, ChatCompletionChunk, ChatCompletionRequest
+from server.common.protocol import GenerationRequest
+from server.completions.protocol import CompletionRequest, CompletionResponse
 
 __all__ = ["ErrorResponse", "HealthStatus", "document_api"]
 
@@ -71,12 +73,19 @@ _WHY = {
 _COMMON = (401, 405, 408, 431, 500, 503)
 _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/v1/chat/completions", "post"): (400, 404, 413, 415, 429, 504, *_COMMON),
+    ("/v1/completions", "post"): (400, 404, 413, 415, 429, 504, *_COMMON),
     ("/v1/models", "get"): _COMMON,
     ("/v1/models/{model_id}", "get"): (404, *_COMMON),
     ("/health", "get"): _COMMON,
     ("/v1/tcp_warming", "get"): _COMMON,
 }
 _REF = "#/components/schemas/"
+_STREAMS: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionChunk,
+    "/v1/completions": CompletionResponse,
+}
+"""Each streaming operation and the model of its events."""
+_REQUESTS: tuple[type[GenerationRequest], ...] = (ChatCompletionRequest, CompletionRequest)
 
 
 def document_api(app: FastAPI) -> None:
@@ -99,7 +108,8 @@ def document_api(app: FastAPI) -> None:
 def complete(doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` with error responses, the event stream, health body and ignored fields."""
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ErrorResponse, HealthStatus, ChatCompletionChunk):
+    models: list[type[BaseModel]] = [ErrorResponse, HealthStatus, *_STREAMS.values()]
+    for model in models:
         _add_model(schemas, model)
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
@@ -111,8 +121,12 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
             for status in _ERRORS.get((path, method), _COMMON):
                 responses[str(status)] = {"description": _WHY[status], "content": error}
     _health(doc)
-    _stream(doc)
-    _request(schemas)
+    for path, chunk in _STREAMS.items():
+        _stream(doc, path, chunk.__name__)
+    for request in _REQUESTS:
+        _request(schemas, request)
+    _chat_rules(schemas)
+    _completion_rules(schemas)
     return doc
 
 
@@ -132,14 +146,14 @@ def _health(doc: dict[str, Any]) -> None:
         }
 
 
-def _stream(doc: dict[str, Any]) -> None:
-    operation = doc["paths"].get("/v1/chat/completions", {}).get("post")
+def _stream(doc: dict[str, Any], path: str, chunk: str) -> None:
+    operation = doc["paths"].get(path, {}).get("post")
     if not operation:
         return
     ok = operation["responses"]["200"]
     ok["description"] = (
         "The completion; with `stream: true`, server-sent events: each `data:` line is a "
-        "ChatCompletionChunk (or an error envelope if the stream fails), then `data: [DONE]`."
+        f"{chunk} (or an error envelope if the stream fails), then `data: [DONE]`."
     )
     # Before OpenAPI 3.2 (itemSchema), an event stream's schema describes one event, as
     # schemathesis reads it: every event's data is a chunk or an error envelope, as JSON,
@@ -147,9 +161,7 @@ def _stream(doc: dict[str, Any]) -> None:
     json_event = {
         "type": "string",
         "contentMediaType": "application/json",
-        "contentSchema": {
-            "anyOf": [{"$ref": _REF + "ChatCompletionChunk"}, {"$ref": _REF + "ErrorResponse"}]
-        },
+        "contentSchema": {"anyOf": [{"$ref": _REF + chunk}, {"$ref": _REF + "ErrorResponse"}]},
     }
     ok["content"]["text/event-stream"] = {
         "schema": {
@@ -160,12 +172,12 @@ def _stream(doc: dict[str, Any]) -> None:
     }
 
 
-def _request(schemas: dict[str, Any]) -> None:
-    request = schemas.get("ChatCompletionRequest")
+def _request(schemas: dict[str, Any], model: type[GenerationRequest]) -> None:
+    request = schemas.get(model.__name__)
     if not request:
         return
     properties = request.setdefault("properties", {})
-    for name in sorted(IGNORED_FIELDS):
+    for name in sorted(model.IGNORED_FIELDS):
         properties.setdefault(
             name, {"description": "Accepted and ignored (no meaning here).", "deprecated": True}
         )
@@ -175,6 +187,9 @@ def _request(schemas: dict[str, Any]) -> None:
         "anyOf": [stop, {"type": "array", "items": stop, "maxItems": 4}, {"type": "null"}],
         "description": properties.get("stop", {}).get("description", ""),
     }
+
+
+def _chat_rules(schemas: dict[str, Any]) -> None:
     if "FunctionDefinition" in schemas:
         name = schemas["FunctionDefinition"]["properties"]["name"]
         name["pattern"] = TOOL_NAME.pattern
@@ -186,8 +201,33 @@ def _request(schemas: dict[str, Any]) -> None:
                 "required": ["json_schema"],
             },
         ]
-    if "ChatMessage" in schemas:
-        _messages(schemas["ChatMessage"])
+
+
+def _completion_rules(schemas: dict[str, Any]) -> None:
+    """What ``CompletionRequest``'s validators require of the prompt and the refused fields
+    (``best_of`` equal to ``n`` is said in its description only)."""
+    request = schemas.get("CompletionRequest")
+    if not request:
+        return
+    properties = request["properties"]
+    ids = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+    properties["prompt"] = {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ids,
+            {"type": "array", "items": ids, "minItems": 1},
+        ],
+        "description": properties["prompt"].get("description", ""),
+    }
+    properties["suffix"] = {
+        "anyOf": [{"type": "null"}, {"const": ""}],
+        "description": properties["suffix"].get("description", ""),
+    }
+    properties["grammar_root"] = {
+        "type": "null",
+        "description": properties["grammar_root"].get("description", ""),
+    }
 
 
 def _object_branch(schema: dict[str, Any]) -> dict[str, Any]:

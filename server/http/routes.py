@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,15 +15,16 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from server.chat.protocol import (
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ModelCard,
     ModelList,
 )
 from server.chat.service import ChatService, new_request_id
+from server.completions.protocol import CompletionRequest, CompletionResponse
+from server.completions.service import CompletionService, new_completion_id
 from server.errors import APIError, DrainingError, EngineDeadError
-from server.http.control import RequestControl
+from server.http.control import Answer, Controlled, RequestControl
 from server.http.gate import record_of
 from server.metrics import render_metrics
 from server.models.pool import ServedModel
@@ -43,8 +45,44 @@ def _control(request: Request) -> RequestControl:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    service, control = _service(request), _control(request)
-    request_id = new_request_id()
+    return await _generate(request, body, _service(request), new_request_id())
+
+
+@router.post("/v1/completions", response_model=CompletionResponse)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    """Text completions (OpenAI's legacy endpoint, and Cerebras's): one ``text_completion``
+    object, or a stream of them."""
+    service: CompletionService = request.app.state.completions
+    return await _generate(request, body, service, new_completion_id())
+
+
+class _Wire(Answer, Protocol):
+    """A response or chunk as the route sends it."""
+
+    def model_dump(self) -> dict[str, Any]: ...
+    def model_dump_json(self) -> str: ...
+
+
+P = TypeVar("P")
+R = TypeVar("R", bound=_Wire)
+R_co = TypeVar("R_co", bound=_Wire, covariant=True)
+C = TypeVar("C", bound=_Wire)
+C_co = TypeVar("C_co", bound=_Wire, covariant=True)
+
+
+class _Generating(Protocol[P, R_co, C_co]):
+    """What a generating endpoint's service offers the route (chat's, completions')."""
+
+    def prepare(self, request: Any, request_id: str, arrival: float) -> Awaitable[P]: ...
+    def complete(self, prepared: P) -> Awaitable[R_co]: ...
+    def stream(self, prepared: P) -> AsyncGenerator[C_co, None]: ...
+
+
+async def _generate(
+    request: Request, body: Controlled, service: _Generating[P, R, C], request_id: str
+) -> Response:
+    """Admit, prepare, then answer or stream, all under the request's control."""
+    control = _control(request)
     headers = control.begin(request, body, request_id)  # 429 when full or over a limit
     # Under the deadline and the client's watch: a new schema's compile may wait here.
     prepared = await control.prepare(
@@ -52,12 +90,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
     if body.stream:
         events = control.stream(request, service.stream(prepared))
-        return _EventStream(_sse(events), ping=15, headers=headers, send_timeout=30)
+        # sep: events end in "\n\n" as OpenAI's do; sse-starlette's default "\r\n\r\n" is
+        # valid SSE, but parsers that split on "\n\n" (vLLM's bench) lose events in it.
+        return _EventStream(_sse(events), ping=15, headers=headers, send_timeout=30, sep="\n")
     response = await control.answer(request, service.complete(prepared))
     return JSONResponse(response.model_dump(), headers=headers)
 
 
-async def _sse(events: AsyncIterator[ChatCompletionChunk | APIError]) -> AsyncIterator[dict]:
+async def _sse(events: AsyncIterator[_Wire | APIError]) -> AsyncIterator[dict]:
     """Each event serialized once, here; then OpenAI's end marker."""
     async for event in events:
         if isinstance(event, APIError):

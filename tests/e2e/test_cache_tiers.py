@@ -138,6 +138,37 @@ def test_cerebras_sdk_reads_cached_tokens(one_seq: ServerProcess) -> None:
     assert r.service_tier is None  # none asked for: none echoed
 
 
+def test_text_completions_report_cached_tokens(
+    client: openai.OpenAI, one_seq: ServerProcess
+) -> None:
+    """/v1/completions counts the same cache: plain, and in both streamed usages."""
+    prefix = long_prefix()
+    first = client.completions.create(
+        model=MODEL, prompt=f"{prefix}\nQ: How many lines?", max_tokens=4, temperature=0
+    )
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert (first.usage.prompt_tokens_details.cached_tokens or 0) < block_size(one_seq)
+    second = client.completions.create(
+        model=MODEL, prompt=f"{prefix}\nQ: Last?", max_tokens=4, temperature=0
+    )
+    assert second.usage is not None
+    print(f"completions: cached_tokens {second.usage.prompt_tokens_details}")
+    assert_cached(second.usage, one_seq)
+    for options in ({"include_usage": True}, None):
+        extra = {"stream_options": options} if options else {}
+        stream = client.completions.create(
+            model=MODEL,
+            prompt=f"{prefix}\nQ: First?",
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            **extra,
+        )
+        usages = [chunk.usage for chunk in stream if chunk.usage is not None]
+        assert len(usages) == 1, options
+        assert_cached(usages[0], one_seq)
+
+
 # ------------------------------------------------------------------ service tiers
 
 

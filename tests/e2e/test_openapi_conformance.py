@@ -29,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "smollm2-135m"
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
 ERROR = "ErrorResponse"
 CITY = {
@@ -42,6 +43,10 @@ WEATHER = {
     "function": {"name": "get_weather", "description": "Weather in a city.", "parameters": CITY},
 }
 CALL_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+COMPLETION_SCHEMAS = {
+    "schema": "CreateCompletionResponse",
+    "chunk_schema": "CreateCompletionStreamResponse",
+}
 JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
 
 
@@ -87,6 +92,14 @@ ANSWERS = [
     Answer("json_schema", {"response_format": JSON_SCHEMA, "max_tokens": 48}, chunk_schema=None),
     Answer("tool_call", {"tools": [WEATHER], "tool_choice": CALL_WEATHER, "max_tokens": 120}),
     Answer("tools_unused", {"tools": [WEATHER], "tool_choice": "none"}),
+    Answer("service_tier_auto", {"service_tier": "auto"}),
+    Answer("completion", {"prompt": "Hi"}, path=COMPLETIONS, **COMPLETION_SCHEMAS),
+    Answer(
+        "completion_echo_logprobs",
+        {"prompt": [[1, 2, 3], "Hi"], "n": 2, "echo": True, "logprobs": 2, "temperature": 1.0},
+        path=COMPLETIONS,
+        **COMPLETION_SCHEMAS,
+    ),
 ]
 STREAMED = [a for a in ANSWERS if a.chunk_schema is not None]
 
@@ -97,6 +110,9 @@ REFUSALS = [
     Refusal("json_mode_stream", 400, {"response_format": {"type": "json_object"}, "stream": True}),
     Refusal("unknown_model", 404, {"model": "no-such-model"}, code="model_not_found"),
     Refusal("too_large", 413, {"user": "x" * (5 * 2**20)}, code="request_too_large"),  # > 4 MiB
+    Refusal("bad_tier", 400, {"service_tier": "gold"}),
+    Refusal("completion_suffix", 400, {"prompt": "Hi", "suffix": "x"}, path=COMPLETIONS),
+    Refusal("completion_no_prompt", 400, {"prompt": []}, path=COMPLETIONS),
 ]
 
 

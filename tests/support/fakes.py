@@ -20,9 +20,8 @@ from server.chat.protocol import (
     ChunkChoice,
     Delta,
     ResponseMessage,
-    TimeInfo,
-    Usage,
 )
+from server.common.protocol import TimeInfo, Usage
 from server.errors import ModelNotFoundError
 from server.settings import Settings
 

@@ -20,6 +20,8 @@ PATH_SPELLINGS = [
     "/v1/%6dodels",
     "/v1/chat/completions/",
     "/v1/chat%2Fcompletions",
+    "/v1/completions/",
+    "/v1//completions",
     "/docs",
     "/redoc",
     "/openapi.json",

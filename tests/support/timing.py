@@ -1,7 +1,7 @@
 """What a ``time_info`` (Cerebras's timing field) must hold when the engine measured the
 request: the checks the end-to-end tests share.
 
-``server/chat/outputs.time_info`` falls back to zeros when the engine reports no timestamps, so
+``server/common/outputs.time_info`` falls back to zeros when the engine reports no timestamps, so
 "the field is there" proves nothing; these checks fail on that fallback.
 """
 

@@ -177,7 +177,7 @@ def test_uncached_bucket_alone_and_without_a_count_spends_all_tokens() -> None:
 def test_uncached_tokens_of_a_request_reach_the_bucket_and_headers() -> None:
     """Through the real app: the scripted answer's usage (7 prompt tokens, 4 of them cached,
     3 generated) spends 10 total tokens and 6 uncached ones."""
-    from server.chat.protocol import PromptTokensDetails
+    from server.common.protocol import PromptTokensDetails
 
     cached = USAGE.model_copy(
         update={"prompt_tokens_details": PromptTokensDetails(cached_tokens=4)}

@@ -29,9 +29,10 @@ def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_operation_documents_its_errors(doc: dict[str, Any]) -> None:
-    chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert {"400", "404", "408", "413", "429", "431", "500", "503"} <= set(chat)
-    assert "422" not in chat
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        answers = doc["paths"][path]["post"]["responses"]
+        assert {"400", "404", "408", "413", "429", "431", "500", "503", "504"} <= set(answers)
+        assert "422" not in answers
     assert "404" in doc["paths"]["/v1/models/{model_id}"]["get"]["responses"]
     assert "503" in doc["paths"]["/health"]["get"]["responses"]
     assert "HTTPValidationError" not in doc["components"]["schemas"]
@@ -54,10 +55,36 @@ def test_error_envelope_schema_accepts_real_errors(doc: dict[str, Any], error: A
         jsonschema.validate({"detail": "FastAPI's shape"}, _resolve(doc, ref))
 
 
-def test_stream_is_documented_as_event_stream(doc: dict[str, Any]) -> None:
-    ok = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+@pytest.mark.parametrize(
+    ("path", "chunk"),
+    [("/v1/chat/completions", "ChatCompletionChunk"), ("/v1/completions", "CompletionResponse")],
+)
+def test_stream_is_documented_as_event_stream(doc: dict[str, Any], path: str, chunk: str) -> None:
+    ok = doc["paths"][path]["post"]["responses"]["200"]["content"]
     assert set(ok) == {"application/json", "text/event-stream"}
-    assert "ChatCompletionChunk" in doc["components"]["schemas"]
+    event = ok["text/event-stream"]["schema"]["properties"]["data"]["anyOf"][1]
+    assert event["contentSchema"]["anyOf"][0] == {"$ref": f"#/components/schemas/{chunk}"}
+    assert chunk in doc["components"]["schemas"]
+
+
+def test_completion_prompt_rules_are_documented(doc: dict[str, Any]) -> None:
+    """What the validators refuse is what the document calls invalid, so the schema fuzzer's
+    invalid requests are refused and its valid ones are not refused for their shape."""
+    request = _resolve(doc, {"$ref": "#/components/schemas/CompletionRequest"})
+    valid = [{"prompt": "hi"}, {"prompt": ["a", "b"]}, {"prompt": [1, 2]}, {"prompt": [[1], [2]]}]
+    for body in valid:
+        jsonschema.validate({"model": "m", **body}, request)
+    invalid = [
+        {"prompt": []},
+        {"prompt": [[]]},
+        {"prompt": [-1]},
+        {"prompt": "x", "suffix": "y"},
+        {"prompt": "x", "grammar_root": "root"},
+        {"prompt": "x", "logprobs": 21},
+    ]
+    for body in invalid:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"model": "m", **body}, request)
 
 
 def test_health_body_is_documented(doc: dict[str, Any]) -> None:
@@ -69,6 +96,9 @@ def test_ignored_fields_are_documented(doc: dict[str, Any]) -> None:
     request = doc["components"]["schemas"]["ChatCompletionRequest"]
     assert request["properties"]["store"]["deprecated"] is True
     assert request.get("additionalProperties") is False
+    completion = doc["components"]["schemas"]["CompletionRequest"]
+    assert completion["properties"]["prompt_cache_key"]["deprecated"] is True
+    assert completion.get("additionalProperties") is False
 
 
 def test_schemathesis_loads_the_document(doc: dict[str, Any]) -> None:
@@ -77,4 +107,4 @@ def test_schemathesis_loads_the_document(doc: dict[str, Any]) -> None:
     schema = schemathesis.openapi.from_dict(doc)
     schema.validate()
     operations = {f"{r.ok().method.upper()} {r.ok().path}" for r in schema.get_all_operations()}
-    assert "POST /v1/chat/completions" in operations
+    assert {"POST /v1/chat/completions", "POST /v1/completions"} <= operations

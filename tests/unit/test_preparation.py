@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from server.chat.preparation import check_prompt_size, tokenize
+from server.chat.preparation import check_prompt_size
 from server.chat.protocol import ChatCompletionRequest
+from server.common.preparation import tokenize
 from server.errors import BadRequestError
 from server.models.formats import Segment, encode_segments
 from tests.support.loop_ticks import loop_ticks

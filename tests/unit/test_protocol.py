@@ -103,7 +103,7 @@ def test_service_tier_runs_auto_as_default(tier: str | None, used: str) -> None:
 
 def test_usage_counts_uncached_tokens_as_cerebras_does() -> None:
     """Uncached: prompt tokens not served from the cache, plus the completion."""
-    from server.chat.protocol import PromptTokensDetails, Usage
+    from server.common.protocol import PromptTokensDetails, Usage
 
     usage = Usage(
         prompt_tokens=1000,

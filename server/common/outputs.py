@@ -11,7 +11,7 @@ from vllm.logprobs import Logprob, SampleLogprobs
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.metrics.stats import RequestStateStats
 
-from server.chat.protocol import (
+from server.common.protocol import (
     ChoiceLogprobs,
     PromptTokensDetails,
     TimeInfo,
@@ -22,7 +22,15 @@ from server.chat.protocol import (
 from server.errors import EngineFailedError
 from server.models.formats.base import TokenizerLike
 
-__all__ = ["ENGINE_FAILURES", "ChoiceState", "convert_logprobs", "time_info", "usage_of"]
+__all__ = [
+    "ENGINE_FAILURES",
+    "ChoiceState",
+    "convert_logprobs",
+    "finite",
+    "time_info",
+    "token_text",
+    "usage_of",
+]
 
 ENGINE_FAILURES = frozenset({"abort", "error"})
 """vLLM's finish reasons for a request the engine ended on its own (a grammar it could not
@@ -83,14 +91,23 @@ def convert_logprobs(
 
 
 def _entry(token_id: int, logprob: Logprob, tokenizer: TokenizerLike) -> dict[str, Any]:
-    token = logprob.decoded_token
-    if token is None:
-        token = tokenizer.decode([token_id])
+    token = token_text(token_id, logprob, tokenizer)
     return {
         "token": token,
-        "logprob": max(logprob.logprob, -9999.0),  # -inf is not JSON
+        "logprob": finite(logprob.logprob),
         "bytes": list(token.encode("utf-8")),
     }
+
+
+def token_text(token_id: int, logprob: Logprob | None, tokenizer: TokenizerLike) -> str:
+    """The token as text: as the engine decoded it, else decoded here."""
+    token = logprob.decoded_token if logprob is not None else None
+    return tokenizer.decode([token_id]) if token is None else token
+
+
+def finite(logprob: float) -> float:
+    """-inf (a token the sampler ruled out) as -9999.0: -inf is not JSON."""
+    return max(logprob, -9999.0)
 
 
 def choice_logprobs(state: ChoiceState, wanted: bool) -> ChoiceLogprobs | None:
