@@ -95,9 +95,12 @@ def test_max_tokens_defaults_to_openais_16() -> None:
     assert request(max_tokens=40).completion_limit == 40
 
 
-def test_cerebras_fields_without_meaning_here_are_accepted_and_dropped() -> None:
-    r = request(service_tier="auto", prompt_cache_key="k")
-    assert "service_tier" not in r.model_dump()
+def test_service_tier_and_cache_key_are_the_shared_request_fields() -> None:
+    r = request(service_tier="flex", prompt_cache_key="k")
+    assert r.tier_used == "flex" and r.prompt_cache_key == "k"
+    assert request(service_tier="auto").tier_used == "default"
+    with pytest.raises(ValidationError):
+        request(service_tier="gold")
 
 
 def test_integer_logprobs_map_onto_the_engine_with_the_prompts_for_echo() -> None:

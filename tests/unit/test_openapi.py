@@ -96,8 +96,9 @@ def test_ignored_fields_are_documented(doc: dict[str, Any]) -> None:
     request = doc["components"]["schemas"]["ChatCompletionRequest"]
     assert request["properties"]["store"]["deprecated"] is True
     assert request.get("additionalProperties") is False
+    assert "deprecated" not in request["properties"]["service_tier"]  # a real field now
     completion = doc["components"]["schemas"]["CompletionRequest"]
-    assert completion["properties"]["prompt_cache_key"]["deprecated"] is True
+    assert "deprecated" not in completion["properties"]["service_tier"]
     assert completion.get("additionalProperties") is False
 
 
