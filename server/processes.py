@@ -281,8 +281,8 @@ def _watch_core(manager: Any, dead: Any) -> None:
     """Until the cores stop; a core that died tells every API process (``dead``)."""
     manager.monitor_engine_liveness()
     if manager.failed_proc_name is not None:
-        log.error("engine core died", extra={"process": manager.failed_proc_name})
         dead.set()
+        log.error("engine core died", extra={"core": manager.failed_proc_name})
 
 
 def _supervise(processes: list[BaseProcess], managers: list[Any], dead: Any) -> int:
@@ -298,7 +298,7 @@ def _supervise(processes: list[BaseProcess], managers: list[Any], dead: Any) -> 
             # Its live gauges leave the sums (prometheus-client's multiprocess mode).
             prometheus_multiprocess.mark_process_dead(process.pid)
             exitcode = process.exitcode or 0
-            log.info("api process exited", extra={"process": process.name, "code": exitcode})
+            log.info("api process exited", extra={"worker": process.name, "exit_code": exitcode})
             if exitcode != 0 and code == 0:
                 code = exitcode if exitcode > 0 else 1
                 if not dead.is_set():  # not after an engine death: each ends by itself then
