@@ -76,6 +76,17 @@ def _total(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def _stream_body(max_tokens: int) -> dict[str, Any]:
+    """A stream that generates exactly ``max_tokens`` tokens."""
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count slowly."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+
 def _metrics(server: ServerProcess) -> str:
     return httpx.get(f"{server.base_url}/metrics", timeout=10).text
 
@@ -133,13 +144,7 @@ def test_load_is_served_by_both_processes_and_metrics_add_up(server: ServerProce
 
 def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) -> None:
     streams = 8
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Count slowly."}],
-        "max_tokens": 200,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    body = _stream_body(200)
     started = threading.Barrier(streams + 1, timeout=120)
     results: list[tuple[str, list[Any]]] = []
 
@@ -203,13 +208,7 @@ def test_engine_death_turns_health_503_on_both_processes_and_exits_1(
 ) -> None:
     clients = _pinned(doomed)
     url = f"{doomed.base_url}/v1/chat/completions"
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Tell a long story."}],
-        "max_tokens": 3000,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    body = _stream_body(3000)
     answers: dict[str, httpx.Response] = {}
     with httpx.stream("POST", url, json=body, timeout=120) as r:
         lines = r.iter_lines()
