@@ -9,7 +9,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,9 +36,12 @@ from server.http.ratelimit import RateLimiter
 from server.http.request_limits import RequestLimits
 from server.http.routes import router
 from server.lifecycle import Lifecycle, watch_engines
-from server.metrics import watch_pool
+from server.metrics import multiprocess, publish_live_gauges, watch_pool
 from server.models.pool import ServedModel
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.processes import ProcessGroup
 
 __all__ = ["create_app", "error_response"]
 
@@ -46,9 +49,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    load_service: Callable[[], ChatService], settings: Settings | None = None
+    load_service: Callable[[], ChatService],
+    settings: Settings | None = None,
+    group: ProcessGroup | None = None,
 ) -> FastAPI:
-    """``load_service`` builds the ChatService (loading engines) when the app starts."""
+    """``load_service`` builds the ChatService (loading engines) when the app starts;
+    ``group``: the API processes this one shares its limits with (``--api-processes``)."""
     settings = settings or Settings()
     lifecycle = Lifecycle(drain_timeout=settings.drain_timeout)
     keys = ApiKeys.from_settings(settings)
@@ -61,13 +67,18 @@ def create_app(
         # JSON mode's grammar, in the compile worker and in the engine, before the first
         # request, so that request does not pay for it.
         await service.warm_up()
-        admission = Admission.for_models(service.pool, settings.max_waiting_requests)
+        admission = Admission.for_models(
+            service.pool,
+            settings.max_waiting_requests,
+            shared=group.admission_stats([m.id for m in service.pool]) if group else None,
+        )
         app.state.control = RequestControl(
             admission=admission,
             limiter=RateLimiter(
                 requests_per_day=settings.rate_limit_requests_per_day,
                 tokens_per_minute=settings.rate_limit_tokens_per_minute,
                 uncached_tokens_per_minute=settings.rate_limit_uncached_tokens_per_minute,
+                shared=group.shared_windows() if group else None,
             ),
             request_timeout=settings.request_timeout,
             log_prompts=settings.log_prompts,
@@ -75,6 +86,7 @@ def create_app(
         watch_pool(service.pool, admission, lifecycle)
         stats_task = asyncio.create_task(_log_stats(app))
         watchdog = asyncio.create_task(watch_engines(service.pool, lifecycle))
+        gauges = asyncio.create_task(publish_live_gauges()) if multiprocess() else None
         log.info(
             "ready",
             extra={
@@ -89,6 +101,8 @@ def create_app(
         finally:
             stats_task.cancel()
             watchdog.cancel()
+            if gauges is not None:
+                gauges.cancel()
             for model in service.pool:
                 model.engine.shutdown()
                 if model.grammar is not None:
@@ -102,6 +116,10 @@ def create_app(
     app.add_middleware(RequestLimits, settings=settings)
     document_api(app)  # error envelopes and the event stream in /openapi.json
     app.add_middleware(Gate, keys=keys, lifecycle=lifecycle, metrics_public=settings.metrics_public)
+    if group is not None:
+        from server.processes import ProcessHeader
+
+        app.add_middleware(ProcessHeader, index=group.index)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(GrammarError, _library_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

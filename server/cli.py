@@ -11,23 +11,35 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 import uvicorn
 
-from server.lifecycle import GracefulServer
+from server.lifecycle import GracefulServer, Lifecycle
 from server.logs import setup_logging
-from server.models.config import CONFIG_DIR, load_model_config
+from server.models.config import CONFIG_DIR, ModelConfig, load_model_config
 from server.models.store import ensure_model
 from server.settings import Settings
 
 if TYPE_CHECKING:
-    from server.chat.service import ChatService
+    from fastapi import FastAPI
 
-__all__ = ["build_parser", "load_service", "main", "prepare_environment"]
+    from server.chat.service import ChatService
+    from server.models.engine import SharedCore
+
+__all__ = [
+    "build_parser",
+    "load_service",
+    "main",
+    "prepare_environment",
+    "prepare_models",
+    "run_app",
+]
 
 VLLM_LOGGING_CONFIG = Path(__file__).with_name("vllm_logging.json")
 
@@ -66,14 +78,8 @@ def settings_from_args(argv: list[str]) -> Settings:
     return Settings(**given)
 
 
-def load_service(settings: Settings) -> ChatService:
-    """Fetch or build each model, start its engine, and wrap them in a ChatService."""
-    # vLLM takes seconds to import: `--help` and `build-model` do without it.
-    from grammars import GrammarCompiler
-    from server.chat.service import ChatService
-    from server.models.engine import Engine
-    from server.models.pool import ModelPool, ServedModel
-
+def prepare_models(settings: Settings) -> list[tuple[ModelConfig, str]]:
+    """Each served model's config and folder, fetched or built first if needed."""
     config_dir = settings.config or CONFIG_DIR
     # The engine compiles each grammar again with its own limit (5 s by default); what passed
     # our bounded check must not fail there, so its limit sits above ours, unless the
@@ -81,7 +87,7 @@ def load_service(settings: Settings) -> ChatService:
     # 2-core CPU.)
     limit = max(60, int(settings.grammar_timeout * 3))
     os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", str(limit))
-    served = []
+    prepared = []
     for name in settings.model_list():
         config = load_model_config(name, config_dir)
         if settings.eager:
@@ -96,6 +102,21 @@ def load_service(settings: Settings) -> ChatService:
                 "seconds": round(time.monotonic() - started, 1),
             },
         )
+        prepared.append((config, path))
+    return prepared
+
+
+def load_service(settings: Settings, cores: Sequence[SharedCore] = ()) -> ChatService:
+    """Fetch or build each model, start its engine (or, with ``cores``, connect to the engine
+    core the supervisor started for it), and wrap them in a ChatService."""
+    # vLLM takes seconds to import: `--help` and `build-model` do without it.
+    from grammars import GrammarCompiler
+    from server.chat.service import ChatService
+    from server.models.engine import Engine
+    from server.models.pool import ModelPool, ServedModel
+
+    served = []
+    for i, (config, path) in enumerate(prepare_models(settings)):
         # The grammar worker loads its vocabulary while the engine loads (seconds for SmolLM2,
         # tens of seconds for Llama's 128k tokens); the app's start-up waits for both.
         grammar = GrammarCompiler(
@@ -107,7 +128,12 @@ def load_service(settings: Settings) -> ChatService:
         )
         grammar.spawn()
         try:
-            engine = Engine(config, path, structured_backend=settings.structured_output_backend)
+            engine = Engine(
+                config,
+                path,
+                structured_backend=settings.structured_output_backend,
+                core=cores[i] if cores else None,
+            )
         except BaseException:
             grammar.close()
             raise
@@ -117,9 +143,6 @@ def load_service(settings: Settings) -> ChatService:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM (drain, then exit 0) or an engine death (exit 1)."""
-    # The app imports vLLM (seconds): only when serving.
-    from server.app import create_app
-
     setup_logging(settings.log_level)
     keys = len(settings.api_key) + (settings.api_key_file is not None)
     log.info(
@@ -129,6 +152,7 @@ def serve(settings: Settings) -> None:
             "host": settings.host,
             "port": settings.port,
             "auth": bool(keys),
+            "api_processes": settings.api_processes,
             "max_waiting_requests": settings.max_waiting_requests,
             "request_timeout_s": settings.request_timeout,
             "drain_timeout_s": settings.drain_timeout,
@@ -136,7 +160,25 @@ def serve(settings: Settings) -> None:
     )
     if not keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("no API key set: anyone who can reach this port can use it")
+    if settings.api_processes > 1:
+        from server.processes import serve_processes
+
+        sys.exit(serve_processes(settings))
+    # The app imports vLLM (seconds): only when serving.
+    from server.app import create_app
+
     app = create_app(lambda: load_service(settings), settings)
+    sys.exit(run_app(app, settings))
+
+
+def run_app(
+    app: FastAPI,
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    server_class: Callable[[uvicorn.Config, Lifecycle], GracefulServer] = GracefulServer,
+) -> int:
+    """Serve ``app`` (on ``sockets``, else on the settings' host and port) until it stops;
+    the process's exit code."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -147,12 +189,11 @@ def serve(settings: Settings) -> None:
         # Our drain comes first (GracefulServer); this only bounds what is left after it.
         timeout_graceful_shutdown=5,
     )
-    server = GracefulServer(config, app.state.lifecycle)
-    server.run()
+    server = server_class(config, app.state.lifecycle)
+    server.run(sockets)
     if not server.started:
-        sys.exit(3)  # as uvicorn.run: the app failed to start
-    if app.state.lifecycle.exit_code:
-        sys.exit(app.state.lifecycle.exit_code)
+        return 3  # as uvicorn.run: the app failed to start
+    return int(app.state.lifecycle.exit_code)
 
 
 def build_model(argv: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -18,6 +19,11 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {
 }
 
 
+_PROCESS: dict[str, object] = {}
+"""Fields on every line of this process (which API process wrote it, with --api-processes);
+module-wide, so vLLM's lines (its own formatter instance, server/vllm_logging.json) carry them."""
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -26,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
-        }
+        } | _PROCESS
         # Underscored attributes are other libraries' own (Ray stamps _ray_timestamp_ns on
         # every record once it is imported), not fields of ours.
         line |= {
@@ -46,7 +52,11 @@ def _unfinished_is_a_warning(record: logging.LogRecord) -> bool:
     return True
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, api_process: int | None = None) -> None:
+    """``api_process``: this process's index among several API processes, on every line
+    (with its pid)."""
+    if api_process is not None:
+        _PROCESS.update(api_process=api_process, pid=os.getpid())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.captureWarnings(True)  # Python's warnings as lines of their own

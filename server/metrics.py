@@ -13,15 +13,25 @@ update as the engine steps. Ours:
 - ``llama_serve_failed_generations_total{model_name}``: JSON-mode outputs that failed
   validation (Cerebras's ``failed_generation``);
 - ``llama_serve_http_responses_total{status}``: every HTTP answer by status code.
+
+With several API processes (``--api-processes``) every series is the sum over them:
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor
+before any process imports prometheus-client) keeps each process's counters and histograms,
+vLLM's too, in files that any process reads when scraped. A gauge read when scraped cannot
+be read in another process, so there each process writes its live values into a ``livesum``
+gauge every quarter second (the answering process just before it answers).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from server.errors import REJECTION_REASONS, APIError, FailedGenerationError
@@ -31,7 +41,14 @@ if TYPE_CHECKING:  # the gauges read them; they count through this module
     from server.lifecycle import Lifecycle
     from server.models.pool import ModelPool
 
-__all__ = ["count_error", "count_response", "render_metrics", "watch_pool"]
+__all__ = [
+    "count_error",
+    "count_response",
+    "multiprocess",
+    "publish_live_gauges",
+    "render_metrics",
+    "watch_pool",
+]
 
 _REJECTED = Counter(
     "llama_serve_rejected_requests",
@@ -65,6 +82,44 @@ def count_response(status: int) -> None:
     _RESPONSES.labels(str(status)).inc()
 
 
+_LIVE = {
+    "llama_serve_engine_requests": (
+        "Requests the engine holds right now (running or waiting), read when scraped.",
+        ["model_name"],
+    ),
+    "llama_serve_admitted_requests": (
+        "Requests admitted and not yet answered in full, per model (bounded by "
+        "max_num_seqs + max_waiting_requests).",
+        ["model_name"],
+    ),
+    "llama_serve_inflight_requests": (
+        "HTTP requests being served (probes aside), from their headers to their last "
+        "byte: what a drain waits for.",
+        [],
+    ),
+}
+"""The live gauges: name, help, labels."""
+
+PUBLISH_SECONDS = 0.25
+"""With several API processes, how often each writes its live gauges for the others."""
+
+
+def multiprocess() -> bool:
+    """Several API processes share the metrics (prometheus-client's test of the same)."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
+_shared_gauges: dict[str, Gauge] = {}
+
+
+def _shared_gauge(name: str) -> Gauge:
+    """The live gauge ``name`` as a file-backed gauge summed over live processes."""
+    if name not in _shared_gauges:
+        doc, labels = _LIVE[name]
+        _shared_gauges[name] = Gauge(name, doc, labels, registry=None, multiprocess_mode="livesum")
+    return _shared_gauges[name]
+
+
 class _PoolCollector(Collector):
     def __init__(
         self, pool: ModelPool, admission: Admission | None, lifecycle: Lifecycle | None
@@ -74,17 +129,8 @@ class _PoolCollector(Collector):
         self.lifecycle = lifecycle
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        unfinished = GaugeMetricFamily(
-            "llama_serve_engine_requests",
-            "Requests the engine holds right now (running or waiting), read when scraped.",
-            labels=["model_name"],
-        )
-        admitted = GaugeMetricFamily(
-            "llama_serve_admitted_requests",
-            "Requests admitted and not yet answered in full, per model (bounded by "
-            "max_num_seqs + max_waiting_requests).",
-            labels=["model_name"],
-        )
+        unfinished = _family("llama_serve_engine_requests")
+        admitted = _family("llama_serve_admitted_requests")
         for model in self.pool:
             unfinished.add_metric([model.id], model.engine.unfinished_requests)
             if self.admission is not None:
@@ -92,12 +138,21 @@ class _PoolCollector(Collector):
         yield unfinished
         yield admitted
         if self.lifecycle is not None:
-            yield GaugeMetricFamily(
-                "llama_serve_inflight_requests",
-                "HTTP requests being served (probes aside), from their headers to their last "
-                "byte: what a drain waits for.",
-                value=self.lifecycle.inflight,
-            )
+            inflight = _family("llama_serve_inflight_requests")
+            inflight.add_metric([], self.lifecycle.inflight)
+            yield inflight
+
+    def publish(self) -> None:
+        """This process's live values into the shared gauges (multiprocess mode)."""
+        for family in self.collect():
+            gauge = _shared_gauge(family.name)
+            for sample in family.samples:
+                (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+
+
+def _family(name: str) -> GaugeMetricFamily:
+    doc, labels = _LIVE[name]
+    return GaugeMetricFamily(name, doc, labels=labels)
 
 
 _watched: dict[int, _PoolCollector] = {}
@@ -117,5 +172,18 @@ def watch_pool(
     registry.register(collector)
 
 
+async def publish_live_gauges() -> None:
+    """Keep this process's part of the live gauges current (multiprocess mode)."""
+    while True:
+        for collector in _watched.values():
+            collector.publish()
+        await asyncio.sleep(PUBLISH_SECONDS)
+
+
 def render_metrics(registry: CollectorRegistry = REGISTRY) -> bytes:
+    if multiprocess():
+        for collector in _watched.values():
+            collector.publish()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
     return generate_latest(registry)

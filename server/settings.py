@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(default=30.0, ge=0)
     """Seconds that in-flight requests (streams too) get to finish after SIGTERM before the
     server stops; new requests get 503 meanwhile."""
+    api_processes: int = Field(default=1, ge=1, le=64)
+    """API processes sharing each model's one engine core (vLLM's --api-server-count): each
+    serves every route on the same port; admission limits, rate limits and /metrics are
+    shared across them. 1: the API runs in this process."""
     rate_limit_requests_per_day: int | None = Field(default=None, ge=1)
     """Chat completions per API key per UTC day (none: unlimited); over it, 429. Adds
     Cerebras's x-ratelimit-*-requests-day headers."""

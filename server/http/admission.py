@@ -12,12 +12,20 @@ starts after ``held - slots + 1`` finish, and slots free up at ``slots`` per mea
 time (an average of recent requests' engine time, prompt plus completion). It counts every
 admitted request as ahead (a flex request is behind all of them; higher tiers that arrive
 later overtake it too) and knows nothing before the first request finishes (estimate 0).
+
+With several API processes (``--api-processes``) the bound is the server's, not each
+process's: every process publishes how many slots it holds in a shared array (vLLM's
+``SharedAdmissionStats``: one slot per process, written only by its owner) and admits only
+while the sum is below the limit. No lock: two processes admitting at the same instant may
+each see the other's old count, so the bound can be passed by at most N - 1 requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from vllm.v1.engine.admission_control import SharedAdmissionStats
 
 from server.errors import OverloadedError
 from server.models.pool import ServedModel
@@ -47,23 +55,39 @@ class Ticket:
 class Admission:
     """Per-model admission counters in front of the engines (one event loop: no locks)."""
 
-    def __init__(self, limits: dict[str, int], slots: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        limits: dict[str, int],
+        slots: dict[str, int] | None = None,
+        shared: Mapping[str, SharedAdmissionStats] | None = None,
+    ) -> None:
+        """``slots``: requests each model's engine runs at once (max_num_seqs; default: its
+        limit); ``shared``: each model's counts across API processes (none: this process
+        alone)."""
         self.limits = dict(limits)
         self.slots = dict(slots) if slots is not None else dict(self.limits)
         """Requests the engine runs at once (max_num_seqs), per model."""
         self._held = dict.fromkeys(self.limits, 0)
         self._service_seconds: dict[str, float] = {}
+        self._shared = dict(shared or {})
 
     @classmethod
-    def for_models(cls, models: Iterable[ServedModel], max_waiting: int) -> Admission:
+    def for_models(
+        cls,
+        models: Iterable[ServedModel],
+        max_waiting: int,
+        shared: Mapping[str, SharedAdmissionStats] | None = None,
+    ) -> Admission:
         """``max_num_seqs + max_waiting`` for each served model."""
         models = list(models)
         return cls(
             {m.id: m.config.max_num_seqs + max_waiting for m in models},
             {m.id: m.config.max_num_seqs for m in models},
+            shared,
         )
 
     def held(self, model_id: str) -> int:
+        """Slots held for ``model_id`` by this process."""
         return self._held.get(model_id, 0)
 
     def observe(self, model_id: str, seconds: float) -> None:
@@ -78,10 +102,20 @@ class Admission:
     def expected_wait(self, model_id: str) -> float:
         """Seconds a request admitted now would wait for a running slot (see the module)."""
         slots = self.slots.get(model_id, 0)
-        ahead = self.held(model_id) - slots + 1
+        ahead = self.held_by_all(model_id) - slots + 1
         if slots <= 0 or ahead <= 0:
             return 0.0
         return ahead * self._service_seconds.get(model_id, 0.0) / slots
+
+    def held_by_all(self, model_id: str) -> int:
+        """Slots held for ``model_id`` by every API process."""
+        shared = self._shared.get(model_id)
+        return self.held(model_id) if shared is None else shared.get_num_requests()
+
+    def _publish(self, model_id: str) -> None:
+        shared = self._shared.get(model_id)
+        if shared is not None:
+            shared.set_num_requests(self._held[model_id])
 
     def acquire(self, model_id: str) -> Ticket:
         """A slot for ``model_id``, or OverloadedError (429) when all are taken. Unknown
@@ -89,14 +123,16 @@ class Admission:
         limit = self.limits.get(model_id)
         if limit is None:
             return Ticket(None, model_id)
-        if self._held[model_id] >= limit:
+        if self.held_by_all(model_id) >= limit:
             raise OverloadedError(
                 f"The server is at capacity for '{model_id}' ({limit} requests running or "
                 f"queued). Retry after {RETRY_AFTER_SECONDS} s.",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         self._held[model_id] += 1
+        self._publish(model_id)
         return Ticket(self, model_id)
 
     def _release(self, model_id: str) -> None:
         self._held[model_id] -= 1
+        self._publish(model_id)

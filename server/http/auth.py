@@ -49,6 +49,11 @@ class ApiKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def ids(self) -> list[str]:
+        """Each key's ``key_id``, in the order the settings give them."""
+        return [name for _, name in self._keys]
+
     def check(self, authorization: str | None) -> str | None:
         """The ``key_id`` of the key in an ``Authorization: Bearer <key>`` header, or None."""
         if not authorization:

@@ -3,21 +3,27 @@
 The server drives the engine only through this module: starting it, generating, its health
 and stats. (``sampling`` and ``grammars`` build vLLM's request parameters, and the chat
 service reads vLLM's output objects.) The engine core runs in a child process; generation
-streams deltas.
+streams deltas. With several API processes (``--api-processes``) the supervisor starts the
+engine core and each API process's ``Engine`` is one client of it (:class:`SharedCore`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from vllm import RequestOutput, SamplingParams
+from vllm.config import VllmConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs.engine import tokens_input
 from vllm.platforms import current_platform
+from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
@@ -25,7 +31,15 @@ from grammars import backend
 from server.errors import EngineDeadError
 from server.models.config import ModelConfig, check_parallelism
 
-__all__ = ["TIER_PRIORITY", "Engine", "engine_args", "on_gpu", "visible_gpus"]
+__all__ = [
+    "TIER_PRIORITY",
+    "Engine",
+    "SharedCore",
+    "engine_args",
+    "engine_config",
+    "on_gpu",
+    "visible_gpus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +99,77 @@ def engine_args(
     return args
 
 
+def engine_config(
+    config: ModelConfig,
+    model_path: str,
+    *,
+    structured_backend: str,
+    api_processes: int = 1,
+    api_process: int = 0,
+) -> VllmConfig:
+    """vLLM's whole configuration for ``config``: in the supervisor of several API processes
+    (``api_process`` -1, as ``vllm serve --api-server-count`` does) or in one of them."""
+    gpu = on_gpu()
+    if gpu:
+        check_parallelism(config, visible_gpus())
+    kwargs = engine_args(config, model_path, structured_backend=structured_backend, gpu=gpu)
+    args = AsyncEngineArgs(**kwargs)
+    args._api_process_count = api_processes
+    args._api_process_rank = api_process
+    return args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+
+
+@dataclass(frozen=True)
+class SharedCore:
+    """An engine core the supervisor started, which this API process is one client of."""
+
+    addresses: dict[str, Any]
+    """vLLM's ``client_addresses``: this client's ZMQ listeners and addresses."""
+    count: int
+    index: int
+    dead: Any
+    """A ``multiprocessing.Event`` the supervisor sets when the engine core died."""
+    supervisor: int
+    """The supervisor's pid: if it is gone, so is the engine core."""
+
+
 class Engine:
     """One served model's ``AsyncLLM``."""
 
-    def __init__(self, config: ModelConfig, model_path: str, *, structured_backend: str) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        model_path: str,
+        *,
+        structured_backend: str,
+        core: SharedCore | None = None,
+    ) -> None:
         self.config = config
         started = time.monotonic()
         gpu = on_gpu()
-        if gpu:
-            check_parallelism(config, visible_gpus())
-        kwargs = engine_args(config, model_path, structured_backend=structured_backend, gpu=gpu)
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        if core is None:
+            if gpu:
+                check_parallelism(config, visible_gpus())
+            kwargs = engine_args(config, model_path, structured_backend=structured_backend, gpu=gpu)
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        else:
+            vllm_config = engine_config(
+                config,
+                model_path,
+                structured_backend=structured_backend,
+                api_processes=core.count,
+                api_process=core.index,
+            )
+            self._llm = AsyncLLM.from_vllm_config(
+                vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                client_addresses=dict(core.addresses),
+                client_count=core.count,
+                client_index=core.index,
+            )
+            threading.Thread(
+                target=_watch_core, args=(self._llm, core), daemon=True, name="core-watch"
+            ).start()
         self.tokenizer = self._llm.tokenizer
         self.load_seconds = time.monotonic() - started
         cache = self._llm.vllm_config.cache_config
@@ -158,3 +232,16 @@ class Engine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+def _watch_core(llm: AsyncLLM, core: SharedCore) -> None:
+    """A client of a core it did not start learns of the core's death from the supervisor,
+    then does what vLLM's own monitor does for a core it started (MPClient's
+    ``monitor_engine_cores``): requests in flight fail with EngineDeadError and ``errored``
+    turns true."""
+    while not core.dead.wait(0.5):
+        if os.getppid() != core.supervisor:
+            break
+    client = llm.engine_core
+    client.resources.engine_dead = True
+    client.shutdown()

@@ -1,0 +1,244 @@
+"""``--api-processes 2``: two API processes share one engine core. Load is served by both (each
+one's access-log lines carry its index), ``/metrics`` adds up both, SIGTERM drains both with
+nothing lost, and a dead engine core turns ``/health`` to 503 on both and the server exits 1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from openai import AsyncOpenAI
+
+from tests.support.probes import gauge, health_once_not_ok, wait_until
+from tests.support.serverproc import ServerProcess, start_server
+from tests.support.sse import sse_data
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "smollm2-135m"
+PROCESSES = 2
+REQUESTS, CONCURRENCY = 200, 32
+HEADER = "x-api-process"
+
+
+def _start(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ServerProcess]:
+    server = start_server(
+        "--model",
+        MODEL,
+        "--api-processes",
+        str(PROCESSES),
+        log_dir=tmp_path_factory.mktemp(name),
+        env={"LLAMA_SERVE_DRAIN_TIMEOUT": "300"},  # a slow machine still finishes in the drain
+    )
+    # /health answered once one process was ready; the other may still be loading.
+    wait_until(lambda: len(_lines(server, "ready")) == PROCESSES, 600, "both processes ready")
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    yield server
+    server.stop(timeout=60)  # the tests stop it already, unless one failed
+    for child in children:  # never leave an engine core or API process behind
+        if child.is_running():
+            child.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _start(tmp_path_factory, "multi")
+
+
+@pytest.fixture(scope="module")
+def doomed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _start(tmp_path_factory, "multi-death")
+
+
+def _lines(server: ServerProcess, msg: str) -> list[dict[str, Any]]:
+    """The server's JSON log lines whose ``msg`` is ``msg``."""
+    needle = f'"msg": "{msg}"'
+    return [json.loads(t) for t in server.log().splitlines() if t.startswith("{") and needle in t]
+
+
+def _total(text: str, name: str, **labels: str) -> float:
+    """The sum of the series ``name`` in a /metrics text whose labels include ``labels``."""
+    total = 0.0
+    for match in re.finditer(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def _stream_body(max_tokens: int) -> dict[str, Any]:
+    """A stream that generates exactly ``max_tokens`` tokens."""
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count slowly."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+
+def _metrics(server: ServerProcess) -> str:
+    return httpx.get(f"{server.base_url}/metrics", timeout=10).text
+
+
+def test_load_is_served_by_both_processes_and_metrics_add_up(server: ServerProcess) -> None:
+    before = _metrics(server)
+    sent = [f"multi-{i}" for i in range(REQUESTS)]
+
+    async def run() -> list[Any]:
+        client = AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(request_id: str) -> Any:
+            async with gate:
+                return await client.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": "Say something."}],
+                    max_tokens=8,
+                    extra_headers={"x-request-id": request_id},
+                )
+
+        async with client:
+            return await asyncio.gather(*(one(r) for r in sent))
+
+    answers = asyncio.run(run())
+    after = _metrics(server)
+
+    tokens = sum(a.usage.completion_tokens for a in answers)
+    assert len(answers) == REQUESTS and all(a.choices[0].message is not None for a in answers)
+    # Each process's access log shows its share (the line carries its index and pid).
+    wait_until(
+        lambda: len([x for x in _lines(server, "request") if x["request_id"] in sent]) == REQUESTS,
+        10,
+        "every request's access-log line",
+    )
+    lines = [x for x in _lines(server, "request") if x["request_id"] in sent]
+    by_process = Counter(x["api_process"] for x in lines)
+    assert set(by_process) == set(range(PROCESSES)), by_process
+    assert all(x["status"] == 200 for x in lines)
+    assert len({x["pid"] for x in lines}) == PROCESSES
+    # /metrics, answered by either process, counts both: the 200 answers, plus the first
+    # scrape (counted once it was sent).
+    responses = _total(after, "llama_serve_http_responses_total", status="200")
+    assert responses - _total(before, "llama_serve_http_responses_total", status="200") == 201
+    successes = _total(after, "vllm:request_success_total") - _total(
+        before, "vllm:request_success_total"
+    )
+    assert successes == REQUESTS
+    generated = _total(after, "vllm:generation_tokens_total") - _total(
+        before, "vllm:generation_tokens_total"
+    )
+    assert generated == tokens
+    wait_until(lambda: gauge(server.base_url, "llama_serve_inflight_requests") == 0, 5, "idle")
+
+
+def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) -> None:
+    streams = 8
+    body = _stream_body(200)
+    started = threading.Barrier(streams + 1, timeout=120)
+    results: list[tuple[str, list[Any]]] = []
+
+    def stream() -> None:
+        url = f"{server.base_url}/v1/chat/completions"
+        with httpx.stream("POST", url, json=body, timeout=300) as r:
+            lines = r.iter_lines()
+            head = []
+            while len(sse_data(head)) < 2:  # the role chunk and a token: generating
+                head.append(next(lines))
+            started.wait()
+            results.append((r.headers[HEADER], sse_data(head + list(lines))))
+
+    threads = [threading.Thread(target=stream) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    started.wait()  # every stream is generating
+    server.proc.send_signal(signal.SIGTERM)
+    health = health_once_not_ok(server.base_url)
+    for thread in threads:
+        thread.join(300)
+    code = server.proc.wait(120)
+
+    assert health.status_code == 503 and health.json()["error"]["code"] == "draining"
+    assert len(results) == streams
+    assert {index for index, _ in results} == {str(i) for i in range(PROCESSES)}
+    for _, events in results:
+        assert events[-1] == "[DONE]"
+        assert not any("error" in e for e in events[:-1])
+        assert events[-2]["choices"][0]["finish_reason"] == "length"
+        assert events[-2]["usage"]["completion_tokens"] == 200
+    assert code == 0, server.log()[-3000:]
+    draining = _lines(server, "draining")
+    assert sorted(x["api_process"] for x in draining) == list(range(PROCESSES))
+    assert sum(x["inflight"] for x in draining) == streams
+    assert sorted(x["api_process"] for x in _lines(server, "drained")) == list(range(PROCESSES))
+
+
+def _pinned(server: ServerProcess) -> dict[str, httpx.Client]:
+    """One client per API process, each on one kept-alive connection to it: a new connection
+    goes to the process with the fewest open ones."""
+    clients: dict[str, httpx.Client] = {}
+    for _ in range(20):
+        client = httpx.Client(
+            base_url=server.base_url,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            timeout=10,
+        )
+        index = client.get("/health").headers[HEADER]
+        if index in clients:
+            client.close()
+        else:
+            clients[index] = client
+        if len(clients) == PROCESSES:
+            return clients
+    raise AssertionError(f"reached only API processes {sorted(clients)}")
+
+
+def test_engine_death_turns_health_503_on_both_processes_and_exits_1(
+    doomed: ServerProcess,
+) -> None:
+    clients = _pinned(doomed)
+    url = f"{doomed.base_url}/v1/chat/completions"
+    body = _stream_body(3000)
+    answers: dict[str, httpx.Response] = {}
+    with httpx.stream("POST", url, json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        head = []
+        while len(sse_data(head)) < 2:
+            head.append(next(lines))
+        (core,) = [
+            p
+            for p in psutil.Process(doomed.proc.pid).children()
+            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
+        ]
+        core.kill()
+        deadline = time.monotonic() + 60
+        while len(answers) < PROCESSES and time.monotonic() < deadline:
+            for index, client in clients.items():
+                if index not in answers:
+                    health = client.get("/health")
+                    if health.status_code != 200:
+                        answers[index] = health
+        events = sse_data(head + list(lines))
+    for client in clients.values():
+        client.close()
+    code = doomed.proc.wait(60)
+
+    assert sorted(answers) == [str(i) for i in range(PROCESSES)]
+    for health in answers.values():
+        assert health.status_code == 503 and health.json()["error"]["code"] == "engine_dead"
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["code"] == "engine_dead", events[-2]
+    assert code == 1, doomed.log()[-3000:]
+    died = _lines(doomed, "engine died; exiting for a restart")
+    assert sorted(x["api_process"] for x in died) == list(range(PROCESSES))
+    assert _lines(doomed, "engine core died")
