@@ -53,7 +53,7 @@ from typing import Any
 from outlines_core.json_schema import build_regex_from_schema
 from vllm.sampling_params import StructuredOutputsParams
 
-from grammars.schema_checks import schema_entries
+from grammars.schema_checks import schema_entries, schema_nodes
 from grammars.shape import Shape
 
 __all__ = ["FREE_TEXT", "WHITESPACE", "check_shape", "guidance", "outlines", "xgrammar"]
@@ -97,7 +97,7 @@ def outlines_regex(shape: Shape) -> str:
 
 
 def _schema_regex(schema: dict[str, Any] | None) -> str:
-    ignored = sorted(_unenforced(schema))
+    ignored = sorted(_unenforced(schema or {}))
     if ignored:
         # outlines_core drops these silently: the output could break them and would then be a
         # failed_generation. Refusing up front keeps "compiles" meaning "is enforced".
@@ -114,31 +114,18 @@ OUTLINES_UNENFORCED = frozenset(
 regex with and without each). Keywords it ignores that only loosen a schema are harmless."""
 
 _OBJECT_KEYWORDS = frozenset({"properties", "additionalProperties", "required", "minProperties"})
-_SCHEMA_MAPS = ("properties", "$defs", "definitions")
-_SCHEMA_ONE = ("items", "additionalProperties", "additionalItems")
-_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
 
 
-def _unenforced(schema: Any) -> set[str]:
+def _unenforced(schema: dict[str, Any]) -> set[str]:
     """The restricting keywords outlines ignores, anywhere a subschema can stand."""
-    if not isinstance(schema, dict):
-        return set()
-    found = set(OUTLINES_UNENFORCED.intersection(schema))
-    types = schema.get("type")
-    types = {types} if isinstance(types, str) else set(types or [])
-    if types and "object" not in types and _OBJECT_KEYWORDS.intersection(schema):
-        # outlines_core builds an object for these keywords whatever "type" says.
-        found.add(f"type {'/'.join(sorted(types))} beside object keywords")
-    subschemas: list[Any] = []
-    for key in _SCHEMA_MAPS:
-        if isinstance(schema.get(key), dict):
-            subschemas += schema[key].values()
-    subschemas += [schema[k] for k in _SCHEMA_ONE if isinstance(schema.get(k), dict)]
-    for key in _SCHEMA_LISTS:
-        if isinstance(schema.get(key), list):
-            subschemas += schema[key]
-    for sub in subschemas:
-        found |= _unenforced(sub)
+    found: set[str] = set()
+    for node in schema_nodes(schema):
+        found |= OUTLINES_UNENFORCED.intersection(node)
+        types = node.get("type")
+        types = {types} if isinstance(types, str) else set(types or [])
+        if types and "object" not in types and _OBJECT_KEYWORDS.intersection(node):
+            # outlines_core builds an object for these keywords whatever "type" says.
+            found.add(f"type {'/'.join(sorted(types))} beside object keywords")
     return found
 
 
@@ -220,10 +207,6 @@ LLG_FORMATS = frozenset(
 )
 """The ``format`` values llguidance 1.7 enforces; it refuses a schema with any other."""
 
-_FORMAT_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_FORMAT_ONE = ("items", "additionalProperties", "additionalItems", "contains", "not")
-_FORMAT_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
-
 
 def _llg_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return {**_known_formats(schema), "x-guidance": _LLG_OPTIONS}
@@ -237,18 +220,7 @@ def _known_formats(schema: dict[str, Any]) -> dict[str, Any]:
     if not any(key == "format" for _, key, _ in schema_entries(schema)):
         return schema
     out = copy.deepcopy(schema)
-    stack: list[Any] = [out]
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict):
-            continue
+    for node in schema_nodes(out):
         if isinstance(node.get("format"), str) and node["format"] not in LLG_FORMATS:
             del node["format"]
-        for key in _FORMAT_MAPS:
-            if isinstance(node.get(key), dict):
-                stack.extend(node[key].values())
-        stack.extend(node[k] for k in _FORMAT_ONE if isinstance(node.get(k), dict))
-        for key in _FORMAT_LISTS:
-            if isinstance(node.get(key), list):
-                stack.extend(node[key])
     return out

@@ -33,7 +33,9 @@ __all__ = [
     "MAX_SCHEMA_DEPTH",
     "check_schema",
     "check_strict",
+    "schema_nodes",
     "schema_validator",
+    "subschemas",
     "value_depth",
 ]
 
@@ -91,6 +93,50 @@ def schema_entries(schema: Any) -> Iterator[tuple[dict[str, Any], str, Any]]:
                 yield node, key, value
                 if key not in DATA_KEYWORDS:
                     stack.append(value)
+
+
+# Where JSON Schema (drafts 4 to 2020-12) keeps subschemas: maps of them, one, or lists of them
+# (``items`` is one or a list, by draft; ``dependencies`` maps to a schema or a list of names).
+_SUB_MAPS = (
+    "properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"
+)  # fmt: skip
+_SUB_ONE = (
+    "items", "additionalItems", "additionalProperties", "unevaluatedItems",
+    "unevaluatedProperties", "contains", "propertyNames", "not", "if", "then", "else",
+)  # fmt: skip
+_SUB_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+
+
+def subschemas(node: Any) -> Iterator[tuple[str, str | int | None, dict[str, Any]]]:
+    """``(keyword, key or index or None, subschema)`` for each direct subschema of ``node``
+    that is an object (a boolean schema has nothing below it)."""
+    if not isinstance(node, dict):
+        return
+    for keyword in _SUB_MAPS:
+        if isinstance(node.get(keyword), dict):
+            for key, sub in node[keyword].items():
+                if isinstance(sub, dict):
+                    yield keyword, key, sub
+    for keyword in _SUB_ONE:
+        if isinstance(node.get(keyword), dict):
+            yield keyword, None, node[keyword]
+    for keyword in _SUB_LISTS:
+        if isinstance(node.get(keyword), list):
+            for index, sub in enumerate(node[keyword]):
+                if isinstance(sub, dict):
+                    yield keyword, index, sub
+
+
+def schema_nodes(
+    schema: dict[str, Any], *, skip: frozenset[str] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """``schema`` and every subschema below it, without recursion, not entering the keywords
+    in ``skip``. Each node once: a document is a tree, so this is linear in its size."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(sub for keyword, _, sub in subschemas(node) if keyword not in skip)
 
 
 def _refs(schema: Any) -> list[str]:
@@ -226,10 +272,6 @@ STRICT_UNSUPPORTED = frozenset(
 )  # fmt: skip
 """Keywords OpenAI's strict mode does not support (its Structured Outputs guide)."""
 
-_STRICT_MAPS = ("properties", "$defs", "definitions")
-_STRICT_ONE = ("items", "additionalProperties")
-_STRICT_LISTS = ("anyOf", "prefixItems", "items")
-
 
 def check_strict(schema: dict[str, Any], *, param: str, what: str) -> None:
     """Raise SchemaError naming ``param`` unless ``schema`` follows OpenAI's strict-mode rules:
@@ -241,11 +283,9 @@ def check_strict(schema: dict[str, Any], *, param: str, what: str) -> None:
             f"{what} must have an object at its root (type: object, not anyOf) with strict: true",
             param=param,
         )
-    stack: list[tuple[Any, str]] = [(schema, "(root)")]
+    stack: list[tuple[dict[str, Any], str]] = [(schema, "(root)")]
     while stack:
         node, where = stack.pop()
-        if not isinstance(node, dict):
-            continue
         used = sorted(STRICT_UNSUPPORTED.intersection(node))
         if used:
             raise SchemaError(
@@ -266,10 +306,5 @@ def check_strict(schema: dict[str, Any], *, param: str, what: str) -> None:
                     f"{missing[0]!r} is not at {where}",
                     param=param,
                 )
-        for key in _STRICT_MAPS:
-            if isinstance(node.get(key), dict):
-                stack += [(v, f"{where}/{key}/{k}") for k, v in node[key].items()]
-        stack += [(node[k], f"{where}/{k}") for k in _STRICT_ONE if isinstance(node.get(k), dict)]
-        for key in _STRICT_LISTS:
-            if isinstance(node.get(key), list):
-                stack += [(v, f"{where}/{key}/{i}") for i, v in enumerate(node[key])]
+        for keyword, key, sub in subschemas(node):
+            stack.append((sub, f"{where}/{keyword}" + ("" if key is None else f"/{key}")))

@@ -16,7 +16,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from grammars.schema_checks import schema_entries
+from grammars.schema_checks import schema_entries, schema_nodes
 
 __all__ = ["EMPTY_PARAMETERS", "Shape", "ToolCallSyntax", "call_schema", "closed"]
 
@@ -105,12 +105,14 @@ _OPEN_BESIDE = frozenset(
     {"additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
      "oneOf", "$ref", "if", "dependentSchemas", "dependencies", "propertyNames", "not"}
 )  # fmt: skip
-_CLOSE_MAPS = ("properties", "$defs", "definitions")
-_CLOSE_ONE = ("items", "additionalItems", "additionalProperties", "contains")
-# Not oneOf (closing its branches could let an output match one branch where the client's
-# schema matched it by several, which oneOf forbids), nor not/if (closing inside negations
-# widens what they allow).
-_CLOSE_LISTS = ("anyOf", "prefixItems", "items")
+# Not entered: allOf (its branches are merged: closing one forbids the others' keys), oneOf
+# (closing its branches could let an output match one branch where the client's schema
+# matched it by several, which oneOf forbids), and negations and conditions (closing inside
+# not/if widens what they allow; then/else/dependentSchemas add keys to the object beside).
+_NOT_CLOSED = frozenset(
+    {"allOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependencies",
+     "propertyNames", "unevaluatedProperties", "unevaluatedItems"}
+)  # fmt: skip
 
 
 def closed(schema: dict[str, Any]) -> dict[str, Any]:
@@ -125,11 +127,7 @@ def closed(schema: dict[str, Any]) -> dict[str, Any]:
     not among ``properties``) or where the client said something about other keys.
     """
     out = copy.deepcopy(schema)
-    stack: list[Any] = [out]
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict):
-            continue
+    for node in schema_nodes(out, skip=_NOT_CLOSED):
         props = node.get("properties")
         required = node.get("required")
         if (
@@ -138,11 +136,4 @@ def closed(schema: dict[str, Any]) -> dict[str, Any]:
             and (not isinstance(required, list) or set(required) <= set(props))
         ):
             node["additionalProperties"] = False
-        for key in _CLOSE_MAPS:
-            if isinstance(node.get(key), dict):
-                stack.extend(node[key].values())
-        stack.extend(node[k] for k in _CLOSE_ONE if isinstance(node.get(k), dict))
-        for key in _CLOSE_LISTS:
-            if isinstance(node.get(key), list):
-                stack.extend(node[key])
     return out

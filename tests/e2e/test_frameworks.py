@@ -35,6 +35,14 @@ class Person(BaseModel):
     age: Literal[18, 30, 45, 60]
 
 
+class BookTable(BaseModel):
+    """Book a table: bounds and a pattern, as Pydantic writes them into the tool's schema."""
+
+    month: int = Field(ge=1, le=12)
+    code: str = Field(pattern=r"^[A-Z]{3}-[0-9]{2}$")
+    nights: int = Field(gt=0, lt=30)
+
+
 def chat_model(url: str, model: str, **kwargs: object) -> ChatOpenAI:
     return ChatOpenAI(model=model, base_url=f"{url}/v1", api_key="unused", max_retries=0, **kwargs)
 
@@ -76,6 +84,32 @@ def test_langchain_tool_calls_and_the_tool_result_turn(tiny_url: str) -> None:
     result = ToolMessage(content='{"temperature_c": 21}', tool_call_id=first["id"])
     answer = model.bind_tools([WEATHER]).invoke([asked, call, result])
     assert isinstance(answer, AIMessage) and (answer.content or answer.tool_calls)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
+@pytest.mark.parametrize("choice", ["required", "BookTable", "auto", "none"])
+def test_langchain_bind_tools_with_bounds_and_pattern(
+    tiny_url: str, choice: str, stream: bool
+) -> None:
+    """A Pydantic tool with ``Field(ge=..., le=...)``, ``gt``/``lt`` and a ``pattern`` through
+    ``bind_tools``, with every tool_choice (a name is LangChain's named choice)."""
+    model = chat_model(tiny_url, TINY, max_tokens=120, temperature=0, seed=1)
+    bound = model.bind_tools([BookTable], tool_choice=choice, parallel_tool_calls=False)
+    if stream:
+        chunks = list(bound.stream(ASK_WEATHER))
+        message = chunks[0]
+        for chunk in chunks[1:]:
+            message += chunk
+    else:
+        message = bound.invoke(ASK_WEATHER)
+    assert isinstance(message, AIMessage) and not message.invalid_tool_calls, message
+    if choice == "none":
+        assert not message.tool_calls and message.content
+    elif choice != "auto":
+        assert len(message.tool_calls) == 1 and not message.content, message
+    for call in message.tool_calls:
+        assert call["name"] == "BookTable"
+        BookTable.model_validate(call["args"])  # raises unless within the bounds and pattern
 
 
 def test_langchain_structured_output_is_a_validated_object(smol_url: str) -> None:

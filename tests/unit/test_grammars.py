@@ -31,7 +31,8 @@ from grammars import (
     build_constraint,
     schema_validator,
 )
-from grammars.encode import outlines_regex
+from grammars.encode import _known_formats, _unenforced, outlines_regex
+from grammars.schema_checks import schema_nodes, subschemas
 from grammars.shape import closed
 from server.chat.protocol import ChatCompletionRequest
 from server.models.formats.tool_calls import LLAMA3_JSON
@@ -220,6 +221,46 @@ def test_closed_adds_no_other_keys_only_where_nothing_else_may_add_keys() -> Non
     for key in ("allOf", "oneOf"):
         merged = {key: [obj, {"properties": {"b": {}}}]}
         assert closed(merged) == merged
+
+
+def test_subschemas_finds_every_place_a_schema_can_stand() -> None:
+    leaf = {"type": "integer"}
+    places = {
+        "properties": {"p": leaf}, "patternProperties": {"^x": leaf}, "$defs": {"d": leaf},
+        "definitions": {"d": leaf}, "dependentSchemas": {"p": leaf},
+        "dependencies": {"p": leaf, "q": ["p"]}, "items": leaf, "additionalItems": leaf,
+        "additionalProperties": leaf, "unevaluatedItems": leaf, "unevaluatedProperties": leaf,
+        "contains": leaf, "propertyNames": leaf, "not": leaf, "if": leaf, "then": leaf,
+        "else": leaf, "allOf": [leaf], "anyOf": [leaf, True], "oneOf": [leaf],
+        "prefixItems": [leaf], "enum": [leaf], "const": leaf, "default": leaf,
+    }  # fmt: skip
+    found = {(keyword, key) for keyword, key, sub in subschemas(places) if sub is leaf}
+    data = {"enum", "const", "default"}  # data, not subschemas; True and ["p"] are no objects
+    assert {keyword for keyword, _ in found} == set(places) - data
+    assert ("dependencies", "q") not in found and ("anyOf", 1) not in found
+    assert list(subschemas({"items": [leaf, leaf]})) == [("items", 0, leaf), ("items", 1, leaf)]
+
+
+def test_schema_nodes_is_iterative_and_skips_what_it_is_told() -> None:
+    deep: dict[str, Any] = {"type": "integer"}
+    for _ in range(5000):  # far past Python's recursion limit
+        deep = {"not": deep}
+    assert sum(1 for _ in schema_nodes(deep)) == 5001
+    assert list(schema_nodes(deep, skip=frozenset({"not"}))) == [deep]
+
+
+def test_the_walks_reach_subschemas_behind_every_keyword() -> None:
+    obj = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    out = closed({"type": "object", "patternProperties": {"^x": obj}})
+    assert out["patternProperties"]["^x"]["additionalProperties"] is False
+    # A bound Outlines would drop, behind then/else, is named; an unknown format behind
+    # patternProperties is dropped for llguidance.
+    assert _unenforced({"if": {}, "then": {"properties": {"n": {"maximum": 3}}}}) == {
+        "if",
+        "maximum",
+    }
+    fmt = {"patternProperties": {"^u": {"type": "string", "format": "url"}}}
+    assert "format" not in _known_formats(fmt)["patternProperties"]["^u"]
 
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
