@@ -95,8 +95,14 @@ ANSWERS = [
     Answer("service_tier_auto", {"service_tier": "auto"}),
     Answer("completion", {"prompt": "Hi"}, path=COMPLETIONS, **COMPLETION_SCHEMAS),
     Answer(
+        "completion_token_ids",
+        {"prompt": [[1, 2, 3], [4, 5]]},
+        path=COMPLETIONS,
+        **COMPLETION_SCHEMAS,
+    ),
+    Answer(
         "completion_echo_logprobs",
-        {"prompt": [[1, 2, 3], "Hi"], "n": 2, "echo": True, "logprobs": 2, "temperature": 1.0},
+        {"prompt": ["Hi", "Yo"], "n": 2, "echo": True, "logprobs": 2, "temperature": 1.0},
         path=COMPLETIONS,
         **COMPLETION_SCHEMAS,
     ),
@@ -131,13 +137,20 @@ def _stream(http: httpx.Client, path: str, body: dict[str, Any]) -> list[Any]:
     return events[:-1]
 
 
+def choice_count(case: Answer) -> int:
+    """``n`` per prompt: a completions request with a list of prompts has a choice per each."""
+    prompt = case.fields.get("prompt")
+    several = isinstance(prompt, list) and prompt and not isinstance(prompt[0], int)
+    return (len(prompt) if several else 1) * case.fields.get("n", 1)
+
+
 @pytest.mark.parametrize("case", ANSWERS, ids=[a.id for a in ANSWERS])
 def test_answer_conforms(http: httpx.Client, case: Answer) -> None:
     r = http.post(case.path, json=request_body(case.path, case.fields))
     assert r.status_code == 200, r.text
     body = r.json()
     assert_conforms(body, case.schema)
-    assert len(body["choices"]) == case.fields.get("n", 1)
+    assert len(body["choices"]) == choice_count(case)
     if case.path != CHAT:
         return
     messages = [choice["message"] for choice in body["choices"]]
@@ -161,7 +174,7 @@ def test_every_chunk_conforms(http: httpx.Client, case: Answer) -> None:
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["total_tokens"] > 0
     # OpenAI's habit: finish_reason null on every chunk of a choice but its last.
     choices = [choice for chunk in content for choice in chunk["choices"]]
-    for index in range(case.fields.get("n", 1)):
+    for index in range(choice_count(case)):
         reasons = [c["finish_reason"] for c in choices if c["index"] == index]
         assert reasons[-1] is not None and set(reasons[:-1]) == {None}, reasons
     if case.id == "tool_call":

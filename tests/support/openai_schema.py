@@ -54,7 +54,24 @@ def _completion_chunk(schemas: dict[str, Any]) -> dict[str, Any]:
     return chunk
 
 
-WIRE_HABITS = {"CreateCompletionStreamResponse": _completion_chunk}
+def _echoed_logprobs(schemas: dict[str, Any]) -> dict[str, Any]:
+    """With ``echo`` and ``logprobs``, OpenAI's legacy completions give the prompt's first token
+    no logprob: ``token_logprobs`` and ``top_logprobs`` start with ``null`` (a token with nothing
+    before it has no probability), which the document's number and object items do not allow."""
+    response = copy.deepcopy(schemas["CreateCompletionResponse"])
+    choice = response["properties"]["choices"]["items"]["properties"]
+    (logprobs, _null) = choice["logprobs"]["anyOf"]
+    for name in ("token_logprobs", "top_logprobs"):
+        field = logprobs["properties"][name]
+        field["items"] = {"anyOf": [field["items"], {"type": "null"}]}
+    return response
+
+
+WIRE_HABITS = {
+    # First, so that the chunk below derives from it.
+    "CreateCompletionResponse": _echoed_logprobs,
+    "CreateCompletionStreamResponse": _completion_chunk,
+}
 """Schemas of ours, each derived from the document's where OpenAI's service sends what the
 document does not describe; named like the document's own."""
 
