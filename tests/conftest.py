@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import openai
 import pytest
+from cerebras.cloud.sdk import Cerebras
 
 # --soak-requests and the other sizes of the reliability tests:
 from tests.support.reliability_options import pytest_addoption, pytest_configure  # noqa: F401
@@ -86,3 +88,15 @@ def smol_url(smol_server: ServerProcess) -> str:
 @pytest.fixture(scope="session")
 def tiny_url(tiny_server: ServerProcess) -> str:
     return tiny_server.base_url
+
+
+# The SDK clients of the embedded default; a module with a server of its own (or a plain
+# httpx client) defines its own ``client``.
+@pytest.fixture(scope="module")
+def client(smol_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def cerebras(smol_url: str) -> Cerebras:
+    return Cerebras(base_url=smol_url, api_key="unused", max_retries=0)

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import JsonSchemaMode
 
 from server.chat.protocol import TOOL_NAME, ChatCompletionChunk, ChatCompletionRequest
 from server.common.protocol import GenerationRequest
@@ -85,7 +86,11 @@ _STREAMS: dict[str, type[BaseModel]] = {
     "/v1/completions": CompletionResponse,
 }
 """Each streaming operation and the model of its events."""
-_REQUESTS: tuple[type[GenerationRequest], ...] = (ChatCompletionRequest, CompletionRequest)
+_REQUESTS: dict[str, type[GenerationRequest]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+"""Each generating operation and its body, which the route reads itself (server.http.body)."""
 
 
 def document_api(app: FastAPI) -> None:
@@ -123,18 +128,31 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
     _health(doc)
     for path, chunk in _STREAMS.items():
         _stream(doc, path, chunk.__name__)
-    for request in _REQUESTS:
+    for path, request in _REQUESTS.items():
+        _add_model(schemas, request, mode="validation")
+        _body(doc, path, request.__name__)
         _request(schemas, request)
     _chat_rules(schemas)
     _completion_rules(schemas)
     return doc
 
 
-def _add_model(schemas: dict[str, Any], model: type[BaseModel]) -> None:
-    schema = model.model_json_schema(ref_template=_REF + "{model}", mode="serialization")
+def _add_model(
+    schemas: dict[str, Any], model: type[BaseModel], mode: JsonSchemaMode = "serialization"
+) -> None:
+    schema = model.model_json_schema(ref_template=_REF + "{model}", mode=mode)
     for name, sub in schema.pop("$defs", {}).items():
         schemas.setdefault(name, sub)
     schemas[model.__name__] = schema
+
+
+def _body(doc: dict[str, Any], path: str, model: str) -> None:
+    operation = doc["paths"].get(path, {}).get("post")
+    if operation:
+        operation["requestBody"] = {
+            "content": {"application/json": {"schema": {"$ref": _REF + model}}},
+            "required": True,
+        }
 
 
 def _health(doc: dict[str, Any]) -> None:

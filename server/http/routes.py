@@ -24,6 +24,7 @@ from server.chat.service import ChatService, new_request_id
 from server.completions.protocol import CompletionRequest, CompletionResponse
 from server.completions.service import CompletionService, new_completion_id
 from server.errors import APIError, DrainingError, EngineDeadError
+from server.http.body import parse_body
 from server.http.control import Answer, Controlled, RequestControl
 from server.http.gate import record_of
 from server.metrics import render_metrics
@@ -43,15 +44,19 @@ def _control(request: Request) -> RequestControl:
     return request.app.state.control
 
 
+# The bodies are read by the routes (server.http.body: large ones are validated off the event
+# loop); server.http.openapi names them as the request bodies.
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+async def chat_completions(request: Request) -> Response:
+    body = await parse_body(request, ChatCompletionRequest)
     return await _generate(request, body, _service(request), new_request_id())
 
 
 @router.post("/v1/completions", response_model=CompletionResponse)
-async def completions(body: CompletionRequest, request: Request) -> Response:
+async def completions(request: Request) -> Response:
     """Text completions (OpenAI's legacy endpoint, and Cerebras's): one ``text_completion``
     object, or a stream of them."""
+    body = await parse_body(request, CompletionRequest)
     service: CompletionService = request.app.state.completions
     return await _generate(request, body, service, new_completion_id())
 

@@ -29,6 +29,10 @@ MODEL = "smollm2-135m"
 PROCESSES = 2
 REQUESTS, CONCURRENCY = 200, 32
 HEADER = "x-api-process"
+DRAIN_TOKENS = 600
+"""Per stream of the drain test: every stream must still be generating when the last one
+starts (CI once saw one start 8 s after the others, when 200 tokens had already finished
+them), so each runs for half a minute here."""
 
 
 def _start(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ServerProcess]:
@@ -143,8 +147,8 @@ def test_load_is_served_by_both_processes_and_metrics_add_up(server: ServerProce
 
 
 def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) -> None:
-    streams = 8
-    body = _stream_body(200)
+    streams, tokens = 8, DRAIN_TOKENS
+    body = _stream_body(tokens)
     started = threading.Barrier(streams + 1, timeout=120)
     results: list[tuple[str, list[Any]]] = []
 
@@ -175,7 +179,7 @@ def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) 
         assert events[-1] == "[DONE]"
         assert not any("error" in e for e in events[:-1])
         assert events[-2]["choices"][0]["finish_reason"] == "length"
-        assert events[-2]["usage"]["completion_tokens"] == 200
+        assert events[-2]["usage"]["completion_tokens"] == tokens
     assert code == 0, server.log()[-3000:]
     draining = _lines(server, "draining")
     assert sorted(x["api_process"] for x in draining) == list(range(PROCESSES))

@@ -21,16 +21,6 @@ MODEL = "smollm2-135m"
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 
-@pytest.fixture(scope="module")
-def client(smol_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def cerebras(smol_url: str) -> Cerebras:
-    return Cerebras(base_url=smol_url, api_key="unused", max_retries=0)
-
-
 def test_plain_answer_has_openai_and_cerebras_fields(client: openai.OpenAI) -> None:
     sent_at = time.time()
     r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, temperature=0)

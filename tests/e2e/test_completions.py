@@ -27,16 +27,6 @@ IGNORE_EOS = {"ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def client(smol_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def cerebras(smol_url: str) -> Cerebras:
-    return Cerebras(base_url=smol_url, api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
 def smol_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(model_dir(SMOL))
 
