@@ -11,7 +11,14 @@ import re
 import time
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from server.common.protocol import (
     ChoiceLogprobs,
@@ -41,6 +48,11 @@ __all__ = [
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_ARGUMENT_DEPTH = 64
+MAX_MESSAGES = 32768
+"""More messages than any context fits: 131,072 tokens (Llama 3.1's) at 4 or more template
+tokens per message."""
+MAX_TOOLS = 128
+"""OpenAI's limit on ``tools``."""
 """Deepest JSON in an assistant message's tool call arguments (as the body's default)."""
 
 # OpenAI fields that mean nothing for a self-hosted server: accepted and ignored.
@@ -197,6 +209,17 @@ class ChatCompletionRequest(GenerationRequest):
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
+
+    @field_validator("messages", "tools", mode="before")
+    @classmethod
+    def _count(cls, items: Any, info: ValidationInfo) -> Any:
+        """Too many messages or tools are refused before each is validated: pydantic
+        validates a list without letting go of the GIL, which holds up the event loop even
+        when it runs in a worker thread, and 4 MiB hold 120,000 tiny messages."""
+        most = MAX_MESSAGES if info.field_name == "messages" else MAX_TOOLS
+        if isinstance(items, list) and len(items) > most:
+            raise ValueError(f"at most {most} are allowed, not {len(items)}")
+        return items
 
     @field_validator("tools")
     @classmethod

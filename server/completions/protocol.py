@@ -43,6 +43,15 @@ whatever its prompts: the bound keeps one request from filling the engine's queu
 admission allows."""
 
 
+def _check_choices(prompts: int, info: ValidationInfo) -> None:
+    n = info.data.get("n") or 1
+    if prompts * n > MAX_CHOICES:
+        raise ValueError(
+            f"{prompts} prompts with n={n} ask for {prompts * n} choices; "
+            f"at most {MAX_CHOICES} are allowed in one request"
+        )
+
+
 class CompletionRequest(GenerationRequest):
     """POST /v1/completions. Unknown fields are refused (see IGNORED_FIELDS)."""
 
@@ -67,6 +76,16 @@ class CompletionRequest(GenerationRequest):
     return_raw_tokens: bool | None = None
     """Cerebras: also return each choice's generated token ids as ``tokens``."""
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _count_prompts(cls, prompt: Any, info: ValidationInfo) -> Any:
+        """Too many prompts are refused before each is validated: 4 MiB hold 600,000 of
+        them, and pydantic validates a list without letting go of the GIL, which holds up
+        the event loop even when it runs in a worker thread."""
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            _check_choices(len(prompt), info)
+        return prompt
+
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, prompt: Any, info: ValidationInfo) -> Any:
@@ -78,13 +97,7 @@ class CompletionRequest(GenerationRequest):
             ids = [prompt] if isinstance(prompt[0], int) else prompt
             if any(isinstance(i, int) and i < 0 for p in ids if isinstance(p, list) for i in p):
                 raise ValueError("token ids must not be negative")
-            prompts = 1 if isinstance(prompt[0], int) else len(prompt)
-            n = info.data.get("n") or 1
-            if prompts * n > MAX_CHOICES:
-                raise ValueError(
-                    f"{prompts} prompts with n={n} ask for {prompts * n} choices; "
-                    f"at most {MAX_CHOICES} are allowed in one request"
-                )
+            _check_choices(1 if isinstance(prompt[0], int) else len(prompt), info)
         return prompt
 
     @field_validator("best_of")

@@ -25,7 +25,13 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import JsonSchemaMode
 
-from server.chat.protocol import TOOL_NAME, ChatCompletionChunk, ChatCompletionRequest
+from server.chat.protocol import (
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    TOOL_NAME,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+)
 from server.common.protocol import GenerationRequest
 from server.completions.protocol import CompletionRequest, CompletionResponse
 
@@ -208,6 +214,10 @@ def _request(schemas: dict[str, Any], model: type[GenerationRequest]) -> None:
 
 
 def _chat_rules(schemas: dict[str, Any]) -> None:
+    if "ChatCompletionRequest" in schemas:
+        properties = schemas["ChatCompletionRequest"]["properties"]
+        properties["messages"]["maxItems"] = MAX_MESSAGES
+        _array_branch(properties["tools"])["maxItems"] = MAX_TOOLS
     if "FunctionDefinition" in schemas:
         name = schemas["FunctionDefinition"]["properties"]["name"]
         name["pattern"] = TOOL_NAME.pattern
@@ -246,6 +256,13 @@ def _completion_rules(schemas: dict[str, Any]) -> None:
         "type": "null",
         "description": properties["grammar_root"].get("description", ""),
     }
+
+
+def _array_branch(schema: dict[str, Any]) -> dict[str, Any]:
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "array":
+            return branch
+    return {}
 
 
 def _object_branch(schema: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,12 @@ in a worker thread (``server/http/request_limits.py``). The latencies are printe
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -90,4 +93,54 @@ def test_scan_shapes_at_the_body_limit_leave_health_answering(smol_url: str) -> 
     print(f"/health idle: {idle.summary()}")
     print(f"/health while scanning: {busy.summary()}")
     assert set(idle.statuses) == {200} and set(busy.statuses) == {200}
+    assert max(busy.latencies) < HEALTH_BOUND, busy.summary()
+
+
+def _filled(make: Callable[[int], bytes], limit: int) -> bytes:
+    """The largest ``make(n)`` that fits in ``limit`` bytes."""
+    low, high = 1, limit
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if len(make(mid)) <= limit else (low, mid - 1)
+    return make(low)
+
+
+def _heavy_bodies(limit: int) -> Iterator[tuple[str, str, bytes]]:
+    """Bodies at the limit that are costly to parse and validate: many small objects."""
+    model = "smollm2-135m"
+    message = {"role": "user", "content": "a"}
+    shapes: list[tuple[str, str, Callable[[int], dict[str, Any]]]] = [
+        ("token ids", "/v1/completions", lambda n: {"model": model, "prompt": [12345] * n}),
+        ("token-id prompts", "/v1/completions", lambda n: {"model": model, "prompt": [[1]] * n}),
+        ("messages", "/v1/chat/completions", lambda n: {"model": model, "messages": [message] * n}),
+        (
+            "content parts",
+            "/v1/chat/completions",
+            lambda n: {"model": model, "messages": [{**message, "content": [PART] * n}]},
+        ),
+    ]
+    for name, path, make in shapes:
+        yield name, path, _filled(lambda n, make=make: json.dumps(make(n)).encode(), limit)
+
+
+PART = {"type": "text", "text": "a"}
+
+
+def test_bodies_costly_to_validate_leave_health_answering(smol_url: str) -> None:
+    """Each is a 400 (too many prompts, messages or tokens), and /health keeps answering: the
+    body is validated in a worker thread (server/http/body.py) and lists too long to ever be
+    served are refused before pydantic walks them (it holds the GIL while it does)."""
+    timings: list[str] = []
+    with (
+        httpx.Client(base_url=smol_url, timeout=120) as client,
+        HealthPoller(smol_url) as busy,
+    ):
+        for name, path, body in _heavy_bodies(LIMIT):
+            started = time.perf_counter()
+            r = client.post(path, content=body, headers={"content-type": "application/json"})
+            timings.append(f"{name} {time.perf_counter() - started:.2f} s")
+            assert r.status_code == 400, (name, r.text[:300])
+            assert r.json()["error"]["param"] in ("prompt", "messages"), (name, r.text[:300])
+    print(f"\n4 MiB bodies refused: {', '.join(timings)}; /health meanwhile: {busy.summary()}")
+    assert set(busy.statuses) == {200}
     assert max(busy.latencies) < HEALTH_BOUND, busy.summary()

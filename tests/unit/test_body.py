@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, field_validator
 
 from server.app import validation_to_api_error
+from server.chat.protocol import MAX_MESSAGES, MAX_TOOLS, ChatCompletionRequest
 from server.completions.protocol import CompletionRequest
 from server.http.body import parse_body, validate_body
 from server.http.request_limits import SCAN_IN_THREAD_BYTES
@@ -110,3 +111,23 @@ def test_field_errors_name_the_field() -> None:
     assert param == "n" and message.startswith("Invalid value for 'n'")
     param, message = _error(b'{"model": "m", "prompt": "hi", "colour": 1}')
     assert param == "colour" and "Unrecognized request argument" in message
+
+
+def test_too_many_messages_tools_or_prompts_are_refused_before_validating_each() -> None:
+    message = {"role": "user", "content": "a"}
+    body = {"model": "m", "messages": [message] * (MAX_MESSAGES + 1)}
+    param, text = _chat_error(json.dumps(body).encode())
+    assert param == "messages" and f"at most {MAX_MESSAGES}" in text
+    tool = {"type": "function", "function": {"name": "f"}}
+    body = {"model": "m", "messages": [message], "tools": [tool] * (MAX_TOOLS + 1)}
+    param, text = _chat_error(json.dumps(body).encode())
+    assert param == "tools" and f"at most {MAX_TOOLS}" in text
+    param, text = _error(json.dumps({"model": "m", "prompt": [[1]] * 100_000, "n": 2}).encode())
+    assert param == "prompt" and "100000 prompts with n=2 ask for 200000 choices" in text
+
+
+def _chat_error(body: bytes) -> tuple[str | None, str]:
+    with pytest.raises(RequestValidationError) as failed:
+        validate_body(body, JSON, ChatCompletionRequest)
+    error = validation_to_api_error(failed.value.errors())
+    return error.param, error.message
