@@ -186,6 +186,8 @@ def validation_to_api_error(errors: Any) -> BadRequestError:
         return BadRequestError("The request body is not a valid JSON object.", param=None)
     if kind == "missing":
         return BadRequestError(f"Missing required parameter: '{param}'.", param=param)
+    if kind == "array_above_max_length":
+        return BadRequestError(f"Invalid '{param}': {first['msg']}", param=param, code=kind)
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return BadRequestError(f"Invalid value for '{param}': {msg}", param=param or None)
 

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     """Largest total size of the request headers in bytes (default 64 KiB); more gets 431."""
     max_json_depth: int = Field(default=64, ge=8, le=512)
     """Deepest nesting of arrays and objects in a JSON body; deeper gets 400."""
+    max_json_containers: int = Field(default=100_000, ge=1000)
+    """Most arrays and objects in a JSON body; more gets 400 (each costs the parser, which
+    holds the GIL, an allocation the garbage collector walks)."""
     body_timeout: float = Field(default=30.0, gt=0)
     """Seconds a client may take to send the request body; slower gets 408."""
 

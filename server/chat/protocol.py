@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from server.common.protocol import (
     ChoiceLogprobs,
@@ -218,7 +219,12 @@ class ChatCompletionRequest(GenerationRequest):
         when it runs in a worker thread, and 4 MiB hold 120,000 tiny messages."""
         most = MAX_MESSAGES if info.field_name == "messages" else MAX_TOOLS
         if isinstance(items, list) and len(items) > most:
-            raise ValueError(f"at most {most} are allowed, not {len(items)}")
+            raise PydanticCustomError(
+                "array_above_max_length",  # OpenAI's code and wording
+                "array too long. Expected an array with maximum length {most}, but got an "
+                "array with length {length} instead.",
+                {"most": most, "length": len(items)},
+            )
         return items
 
     @field_validator("tools")

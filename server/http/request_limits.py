@@ -13,6 +13,8 @@ no engine work, and the answer is the usual ``{"error": {...}}`` envelope:
   a connection) -> 408 ``body_timeout``;
 - JSON nested deeper than ``max_json_depth`` -> 400 ``json_too_deep``: Python's parser raises
   ``RecursionError`` near 1,000 levels, and the tool prompt and schema code recurse too;
+- more than ``max_json_containers`` arrays and objects -> 400 ``json_too_complex``: parsing
+  them holds the GIL, so even in a worker thread the event loop would wait;
 - ``NaN`` and ``Infinity`` outside strings -> 400 ``invalid_json``: Python accepts them, JSON
   (and every other client and server) does not.
 
@@ -38,7 +40,7 @@ from server.errors import (
 )
 from server.http.body_codecs import decode_body, is_encoded
 from server.http.gate import record_of
-from server.http.jsonscan import has_nonfinite, json_depth
+from server.http.jsonscan import has_nonfinite, json_containers, json_depth
 from server.settings import Settings
 
 __all__ = ["SCAN_IN_THREAD_BYTES", "RequestLimits", "json_problem"]
@@ -56,8 +58,9 @@ lets go of the GIL at least every ~10 ms (``server.http.jsonscan``), and small b
 common, pay nothing for the hop."""
 
 
-def json_problem(body: bytes, max_depth: int) -> APIError | None:
-    """Why ``body`` is refused before parsing (NaN or Infinity, too deep), or None."""
+def json_problem(body: bytes, max_depth: int, max_containers: int | None = None) -> APIError | None:
+    """Why ``body`` is refused before parsing (NaN or Infinity, too deep, more than
+    ``max_containers`` arrays and objects), or None."""
     if has_nonfinite(body):
         return BadRequestError(
             "The request body is not valid JSON: NaN and Infinity are not JSON numbers.",
@@ -69,6 +72,14 @@ def json_problem(body: bytes, max_depth: int) -> APIError | None:
             f"The request body nests JSON {depth} levels deep; at most {max_depth} are allowed.",
             code="json_too_deep",
         )
+    if max_containers is not None:
+        containers = json_containers(body, at_least=max_containers)
+        if containers > max_containers:
+            return BadRequestError(
+                f"The request body holds {containers} JSON arrays and objects; at most "
+                f"{max_containers} are allowed.",
+                code="json_too_complex",
+            )
     return None
 
 
@@ -87,6 +98,7 @@ class RequestLimits:
         max_request_bytes: int | None = None,
         max_header_bytes: int | None = None,
         max_json_depth: int | None = None,
+        max_json_containers: int | None = None,
         body_timeout: float | None = None,
     ) -> None:
         if settings is None:
@@ -95,6 +107,7 @@ class RequestLimits:
         self.max_request_bytes = max_request_bytes or settings.max_request_bytes
         self.max_header_bytes = max_header_bytes or settings.max_header_bytes
         self.max_json_depth = max_json_depth or settings.max_json_depth
+        self.max_json_containers = max_json_containers or settings.max_json_containers
         self.body_timeout = body_timeout or settings.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,7 +169,7 @@ class RequestLimits:
         if decoded is not None:
             body, headers = decoded
         if _is_json(headers):
-            problem = json_problem(body, self.max_json_depth)
+            problem = json_problem(body, self.max_json_depth, self.max_json_containers)
             if problem is not None:
                 return problem
         return body, headers

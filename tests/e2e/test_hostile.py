@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from server.chat.protocol import MAX_TOOLS
+
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 MODEL = "smollm2-135m"
@@ -218,7 +220,7 @@ def test_malformed_conversations_are_400(
 def test_fifty_thousand_messages_are_refused_in_bounded_time(client: httpx.Client) -> None:
     started = time.monotonic()
     r = chat(client, messages=[{"role": "user", "content": "hi"}] * 50_000)
-    expect(r, 400, code="context_length_exceeded", param="messages")
+    expect(r, 400, code="array_above_max_length", param="messages")
     assert time.monotonic() - started < 30
 
 
@@ -265,6 +267,10 @@ def test_giant_tool_schema_is_refused_by_the_schema_limit(client: httpx.Client) 
 
 def test_two_thousand_tools_are_refused_by_the_schema_limit(client: httpx.Client) -> None:
     tools = [_tool({"type": "object"}, name=f"tool_{i}") for i in range(2000)]
+    expect(chat(client, tools=tools), 400, code="array_above_max_length", param="tools")
+    # Few enough tools, each small, together over the 64 KiB bound of the tool-call schema.
+    fields = {f"p{j}": {"type": "string", "description": "d" * 40} for j in range(12)}
+    tools = [_tool({"type": "object", "properties": fields}, f"tool_{i}") for i in range(MAX_TOOLS)]
     expect(chat(client, tools=tools), 400, code="invalid_schema", param="tools")
 
 

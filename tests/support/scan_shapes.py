@@ -168,7 +168,7 @@ def main() -> None:
         runs = []
         for _ in range(5):
             started = time.perf_counter()
-            problem = json_problem(body, settings.max_json_depth)
+            problem = json_problem(body, settings.max_json_depth, settings.max_json_containers)
             runs.append(time.perf_counter() - started)
         assert problem is not None and problem.code == code, name
         times.append((statistics.median(runs), name))

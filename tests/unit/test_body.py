@@ -116,18 +116,23 @@ def test_field_errors_name_the_field() -> None:
 def test_too_many_messages_tools_or_prompts_are_refused_before_validating_each() -> None:
     message = {"role": "user", "content": "a"}
     body = {"model": "m", "messages": [message] * (MAX_MESSAGES + 1)}
-    param, text = _chat_error(json.dumps(body).encode())
-    assert param == "messages" and f"at most {MAX_MESSAGES}" in text
+    param, text, code = _chat_error(json.dumps(body).encode())
+    assert (param, code) == ("messages", "array_above_max_length")
+    assert text == (
+        f"Invalid 'messages': array too long. Expected an array with maximum length "
+        f"{MAX_MESSAGES}, but got an array with length {MAX_MESSAGES + 1} instead."
+    )
     tool = {"type": "function", "function": {"name": "f"}}
     body = {"model": "m", "messages": [message], "tools": [tool] * (MAX_TOOLS + 1)}
-    param, text = _chat_error(json.dumps(body).encode())
-    assert param == "tools" and f"at most {MAX_TOOLS}" in text
+    param, text, code = _chat_error(json.dumps(body).encode())
+    assert (param, code) == ("tools", "array_above_max_length")
+    assert f"maximum length {MAX_TOOLS}, but got an array with length {MAX_TOOLS + 1}" in text
     param, text = _error(json.dumps({"model": "m", "prompt": [[1]] * 100_000, "n": 2}).encode())
     assert param == "prompt" and "100000 prompts with n=2 ask for 200000 choices" in text
 
 
-def _chat_error(body: bytes) -> tuple[str | None, str]:
+def _chat_error(body: bytes) -> tuple[str | None, str, str | None]:
     with pytest.raises(RequestValidationError) as failed:
         validate_body(body, JSON, ChatCompletionRequest)
     error = validation_to_api_error(failed.value.errors())
-    return error.param, error.message
+    return error.param, error.message, error.code

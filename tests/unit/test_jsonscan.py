@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from server.http.jsonscan import _outside_strings, has_nonfinite, json_depth
+from server.http.jsonscan import _outside_strings, has_nonfinite, json_containers, json_depth
 from server.http.request_limits import json_problem
 from server.settings import Settings
 from tests.support.scan_shapes import SHAPES, Shape, reference_scan, scanned_bodies
@@ -182,3 +182,41 @@ def test_a_lone_surrogate_in_tool_arguments_does_not_break_the_scan() -> None:
     """Tool-call arguments arrive as a str that JSON's \\ud800 escape can make unencodable as
     UTF-8; the depth scan must still answer (it used to raise the codec's own error)."""
     assert json_depth('[{"a": "\ud800"}]') == 2
+
+
+def test_containers_are_counted_as_the_parser_builds_them() -> None:
+    rng = random.Random(2)
+    strings = ["", "[", "]{", '"[', "\\", '\\"{', "é", "\ud800"]
+
+    def value(depth: int) -> Any:
+        kind = rng.randrange(5 if depth < 6 else 2)
+        if kind == 0:
+            return rng.choice([0, -1.5, True, None])
+        if kind == 1:
+            return "".join(rng.choice(strings) for _ in range(rng.randrange(4)))
+        if kind in (2, 3):
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {rng.choice(strings): value(depth + 1) for _ in range(rng.randrange(4))}
+
+    def count(node: Any) -> int:
+        if isinstance(node, list):
+            return 1 + sum(map(count, node))
+        if isinstance(node, dict):
+            return 1 + sum(map(count, node.values()))
+        return 0
+
+    for _ in range(1000):
+        node = value(0)
+        text = json.dumps(node, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+        assert json_containers(text) == count(node), text
+        assert json_containers(text, at_least=10**6) <= 10**6
+
+
+def test_a_body_of_too_many_containers_is_refused_before_parsing() -> None:
+    body = json.dumps({"prompt": [[1]] * 1000}).encode()  # 1,002 with the list and object
+    assert json_problem(body, MAX_DEPTH, 1002) is None
+    problem = json_problem(body, MAX_DEPTH, 1001)
+    assert problem is not None and problem.code == "json_too_complex"
+    assert "1002 JSON arrays and objects; at most 1001" in problem.message
+    brackets_in_strings = json.dumps({"text": "[{" * 5000}).encode()
+    assert json_problem(brackets_in_strings, MAX_DEPTH, 1000) is None

@@ -192,9 +192,9 @@ def test_big_adversarial_bodies_are_scanned_in_a_thread(
     on_loop: list[bool] = []
     scan = server.http.request_limits.json_problem
 
-    def spy(raw: bytes, max_depth: int) -> Any:
+    def spy(raw: bytes, max_depth: int, max_containers: int | None = None) -> Any:
         on_loop.append(threading.current_thread() is threading.main_thread())
-        return scan(raw, max_depth)
+        return scan(raw, max_depth, max_containers)
 
     monkeypatch.setattr(server.http.request_limits, "json_problem", spy)
     r = post(body, RequestLimits(echo, max_request_bytes=limit, max_json_depth=64))
