@@ -59,9 +59,10 @@ class CompletionRequest(GenerationRequest):
 
     max_tokens: int | None = Field(default=None, ge=1)
     """Tokens to generate per choice; 16 when omitted or null (DEFAULT_MAX_TOKENS)."""
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: list[int] | str | list[str] | list[list[int]]
     """One prompt as text or token ids, or a list of them: each gets ``n`` choices, numbered
-    ``prompt_index * n + i``."""
+    ``prompt_index * n + i``. Token ids first: pydantic tries the types in order, and a list
+    of ids tried as strings first made one error per id (0.56 s for 600,000 ids, not 0.03)."""
     best_of: int | None = Field(default=None, ge=1, le=8)
     """Accepted only equal to ``n``: choosing the best of more candidates is not supported."""
     echo: bool | None = None
