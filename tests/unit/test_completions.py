@@ -58,7 +58,7 @@ def test_every_prompt_form_is_a_list_of_prompts(prompt: Any, prompts: Any) -> No
         ({"prompt": [[1], []]}, "prompt", "token-id prompt is empty"),
         ({"prompt": [5, -1]}, "prompt", "negative"),
         ({"prompt": [[5], [-1]]}, "prompt", "negative"),
-        ({"prompt": [1, "a"]}, "prompt", ""),
+        ({"prompt": [1, "a"]}, "prompt[1]", ""),
         ({"prompt": 7}, "prompt", ""),
         ({"prompt": ["a"] * (MAX_CHOICES + 1)}, "prompt", "choices"),
         ({"prompt": ["a"] * 5, "n": 8}, "prompt", "40 choices"),
