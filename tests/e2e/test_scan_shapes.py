@@ -133,11 +133,13 @@ def test_bodies_costly_to_validate_leave_health_answering(smol_url: str) -> None
     worker thread (server/http/body.py), and lists too long to ever be served are refused
     before pydantic walks them (it holds the GIL too)."""
     timings: list[str] = []
+    # Built before polling: json.dumps holds this process's GIL, the poller's thread too.
+    bodies = list(_heavy_bodies(LIMIT))
     with (
         httpx.Client(base_url=smol_url, timeout=120) as client,
         HealthPoller(smol_url) as busy,
     ):
-        for name, path, body in _heavy_bodies(LIMIT):
+        for name, path, body in bodies:
             started = time.perf_counter()
             r = client.post(path, content=body, headers={"content-type": "application/json"})
             timings.append(f"{name} {time.perf_counter() - started:.2f} s")
