@@ -339,7 +339,6 @@ def test_json_mode_nests_six_levels_when_asked(smol: openai.OpenAI, backend: str
     jsonschema.validate(answer, six)
 
 
-
 CALENDAR = {
     "properties": {
         "date": {"description": "The date of the event", "format": "date", "type": "string"},
