@@ -207,20 +207,46 @@ LLG_FORMATS = frozenset(
 )
 """The ``format`` values llguidance 1.7 enforces; it refuses a schema with any other."""
 
+SECONDS_FRACTION_DIGITS = 9
+"""At most this many digits after the seconds' decimal point in ``date-time`` and ``time``."""
+
+_BOUNDED_FRACTION = rf"^[^.]*(\.[0-9]{{1,{SECONDS_FRACTION_DIGITS}}}[^0-9][^.]*)?$"
+"""A string whose one ``.``, if any, has 1 to 9 digits after it and something else after
+those: beside llguidance's ``date-time`` / ``time`` regex (the only ``.`` in those is the
+seconds' decimal point, always followed by a time zone), the seconds' fraction is bounded."""
+_FRACTION_FORMATS = frozenset({"date-time", "time"})
+
 
 def _llg_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**_known_formats(schema), "x-guidance": _LLG_OPTIONS}
+    return {**_llg_formats(schema), "x-guidance": _LLG_OPTIONS}
 
 
-def _known_formats(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` without the ``format`` values llguidance does not know (``url``, ``path``,
-    ...). ``format`` is an annotation unless a validator opts in (JSON Schema 2020-12), and the
-    server's output check does not opt in: dropping the ones llguidance cannot enforce loses
-    nothing the schema guarantees, where keeping them would refuse the whole schema."""
+def _llg_formats(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``format`` values fit for llguidance.
+
+    * The ones llguidance does not know (``url``, ``path``, ...) are dropped. ``format`` is an
+      annotation unless a validator opts in (JSON Schema 2020-12), and the server's output
+      check does not opt in: dropping the ones llguidance cannot enforce loses nothing the
+      schema guarantees, where keeping them would refuse the whole schema.
+    * ``date-time`` and ``time`` get at most :data:`SECONDS_FRACTION_DIGITS` digits of
+      seconds' fraction (RFC 3339 allows any number): nanoseconds are the finest any common
+      date type keeps (Python's ``datetime`` keeps microseconds, JavaScript's ``Date``
+      milliseconds), and at temperature 0 a small model otherwise writes ``20:00:00.000...``
+      until ``max_tokens``. Added as a ``pattern`` (beside an existing one, in ``allOf``),
+      which llguidance intersects with the format's own regex.
+    """
     if not any(key == "format" for _, key, _ in schema_entries(schema)):
         return schema
     out = copy.deepcopy(schema)
     for node in schema_nodes(out):
-        if isinstance(node.get("format"), str) and node["format"] not in LLG_FORMATS:
+        fmt = node.get("format")
+        if not isinstance(fmt, str):
+            continue
+        if fmt not in LLG_FORMATS:
             del node["format"]
+        elif fmt in _FRACTION_FORMATS:
+            if "pattern" in node:  # allOf is a list: the schema passed its meta-schema
+                node["allOf"] = [*node.get("allOf", []), {"pattern": _BOUNDED_FRACTION}]
+            else:
+                node["pattern"] = _BOUNDED_FRACTION
     return out

@@ -31,7 +31,7 @@ from grammars import (
     build_constraint,
     schema_validator,
 )
-from grammars.encode import _known_formats, _unenforced, outlines_regex
+from grammars.encode import _llg_formats, _unenforced, outlines_regex
 from grammars.schema_checks import schema_nodes, subschemas
 from grammars.shape import closed
 from server.chat.protocol import ChatCompletionRequest
@@ -260,7 +260,7 @@ def test_the_walks_reach_subschemas_behind_every_keyword() -> None:
         "maximum",
     }
     fmt = {"patternProperties": {"^u": {"type": "string", "format": "url"}}}
-    assert "format" not in _known_formats(fmt)["patternProperties"]["^u"]
+    assert "format" not in _llg_formats(fmt)["patternProperties"]["^u"]
 
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
@@ -495,6 +495,60 @@ def test_guidance_json_mode_nests_deeper_than_outlines(matchers: Matchers) -> No
     # Whitespace stays bounded: one optional space after , and : only.
     matcher = llguidance.LLMatcher(matchers.llg_tokenizer, grammar, log_level=0)
     assert not matcher.consume_tokens(matchers.tokenizer.encode('{"a":   1}'))
+
+
+def guidance_accepts(matchers: Matchers, schema: dict[str, Any], text: str) -> bool:
+    """Whether the guidance grammar for ``response_format: schema`` accepts ``text``, as the
+    engine builds it (vLLM's own serializer)."""
+    import llguidance
+    from vllm.v1.structured_output.backend_guidance import serialize_guidance_grammar
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    c = constrain(request(response_format=schema_format(schema)), backend="guidance")
+    grammar = serialize_guidance_grammar(StructuredOutputOptions.JSON, c.structured_outputs.json)
+    matcher = llguidance.LLMatcher(matchers.llg_tokenizer, grammar, log_level=0)
+    tokens = matchers.tokenizer.encode(text, add_special_tokens=False)
+    return matcher.consume_tokens(tokens) and matcher.is_accepting() and not matcher.is_error()
+
+
+TIMES = {
+    "date-time": ("2024-05-01T20:00:00", "+02:00"),
+    "time": ("20:00:00", "Z"),
+}
+
+
+@pytest.mark.parametrize("fmt", TIMES)
+def test_guidance_bounds_the_seconds_fraction(fmt: str, matchers: Matchers) -> None:
+    """At most 9 digits after the seconds' point; the rest of the format is llguidance's."""
+    start, zone = TIMES[fmt]
+    schema = {"type": "object", "properties": {"t": {"type": "string", "format": fmt}}}
+    for fraction, ok in [("", True), (".5", True), (".123456789", True), (".1234567890", False),
+                         ("." + "0" * 40, False), (".", False)]:  # fmt: skip
+        text = json.dumps({"t": f"{start}{fraction}{zone}"})
+        assert guidance_accepts(matchers, schema, text) == ok, text
+    assert not guidance_accepts(matchers, schema, json.dumps({"t": f"{start}.5"}))  # no zone
+    # Beside the client's own pattern, both hold.
+    schema["properties"]["t"]["pattern"] = "^20"
+    assert guidance_accepts(matchers, schema, json.dumps({"t": f"{start}.123{zone}"}))
+    assert not guidance_accepts(matchers, schema, json.dumps({"t": f"{start}.1234567890{zone}"}))
+    assert not guidance_accepts(matchers, schema, json.dumps({"t": f"1{start[1:]}.1{zone}"}))
+
+
+def test_the_fraction_bound_is_added_only_where_a_time_format_stands() -> None:
+    schema = {"type": "object", "properties": {
+        "at": {"type": ["string", "null"], "format": "date-time"},
+        "day": {"type": "string", "format": "date"},
+        "in": {"type": "string", "format": "time", "pattern": "^1", "allOf": [{"minLength": 2}]},
+        "format": {"type": "string"}}}  # fmt: skip
+    out = _llg_formats(schema)
+    props = out["properties"]
+    assert props["at"]["pattern"] == props["in"]["allOf"][1]["pattern"]
+    assert props["in"]["pattern"] == "^1" and props["in"]["allOf"][0] == {"minLength": 2}
+    assert "pattern" not in props["day"] and "pattern" not in props["format"]
+    assert "pattern" not in schema["properties"]["at"]  # the client's copy is untouched
+    validator = schema_validator(out)
+    assert validator.is_valid({"at": None, "in": "10:00:00.5Z"})
+    assert not validator.is_valid({"at": "2024-05-01T20:00:00.1234567890Z"})
 
 
 def test_json_object_regex() -> None:
