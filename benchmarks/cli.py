@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--b-url", help="base URL of B (unless --start)")
     g.add_argument("--a-label", default="ours")
     g.add_argument("--b-label", default="vllm")
-    g.add_argument("--a-pid", type=int, help="pid of A's API process, for /proc figures")
-    g.add_argument("--b-pid", type=int, help="pid of B's API process, for /proc figures")
+    g.add_argument("--a-pid", type=int, help="pid of A's server (its API processes: /proc figures)")
+    g.add_argument("--b-pid", type=int, help="pid of B's server (its API processes: /proc figures)")
     g.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     g.add_argument(
         "--time-budget",
@@ -232,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--theirs-args",
         default="",
         help='extra arguments appended to B\'s command (write --theirs-args="--flag v")',
+    )
+    s.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="API processes of each server: ours --api-processes N, vLLM's --api-server-count "
+        "N (default 1: neither flag is passed)",
     )
     s.add_argument("--ready-timeout", type=float, default=600.0, help="seconds per server")
     for add in (_add_workload, _add_load, _add_output):

@@ -131,10 +131,16 @@ def _start_servers(args: argparse.Namespace, out: Path) -> list[ManagedServer]:
     values = {"model": model, "model_dir": args.model_dir or ""}
     if not args.model_dir and "{model_dir}" in args.ours_cmd + args.theirs_cmd:
         raise UsageError("--start with these commands needs --model-dir")
+    if args.api_processes < 1:
+        raise UsageError("--api-processes must be at least 1")
+    ours_extra, theirs_extra = args.ours_args, args.theirs_args
+    if args.api_processes > 1:
+        ours_extra += f" --api-processes {args.api_processes}"
+        theirs_extra += f" --api-server-count {args.api_processes}"
     servers = []
     for name, template, extra in (
-        (args.a_label, args.ours_cmd, args.ours_args),
-        (args.b_label, args.theirs_cmd, args.theirs_args),
+        (args.a_label, args.ours_cmd, ours_extra),
+        (args.b_label, args.theirs_cmd, theirs_extra),
     ):
         port = free_port()
         command = format_command(template, extra, port=port, **values)

@@ -6,7 +6,8 @@ and neither always runs on a server just warmed by the other's load. Prompts are
 each round (prefix caching cannot favour later rounds) but identical for A and B. Each
 endpoint's records are pooled over the rounds (throughputs use the summed wall time) and
 the table gives A / B for each metric. When a server's pid is known, its CPU seconds per
-1,000 output tokens and peak RSS are read from ``/proc`` around every run.
+1,000 output tokens (all its API processes, and its engine), output tokens per API
+CPU-second and peak RSS are read from ``/proc`` around every run.
 
 When both servers cannot run at once (one GPU too small for two copies of the model),
 :func:`run_sequential` measures all rounds on A, then all rounds on B, with the same prompts.
@@ -50,11 +51,15 @@ class Target:
 def process_figures(
     cpu: Sequence[float] | None, output_tokens: int, last: procstats.ProcSample | None
 ) -> dict[str, Any]:
-    """CPU seconds per 1,000 output tokens (API process, children) and peak RSS."""
+    """CPU seconds per 1,000 output tokens (API processes, children), output tokens per
+    API CPU-second (the front end's ceiling: what its processes could emit fully busy) and
+    peak RSS."""
     if cpu is None or last is None:
         return {}
     per_k = (lambda s: s * 1000.0 / output_tokens) if output_tokens else (lambda s: None)
     return {
+        "api_processes": last.api_processes,
+        "output_tokens_per_api_cpu_s": output_tokens / cpu[0] if cpu[0] > 0 else None,
         "api_cpu_s": cpu[0],
         "children_cpu_s": cpu[1],
         "api_cpu_s_per_1k_tokens": per_k(cpu[0]),

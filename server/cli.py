@@ -92,6 +92,8 @@ def prepare_models(settings: Settings) -> list[tuple[ModelConfig, str]]:
         config = load_model_config(name, config_dir)
         if settings.eager:
             config = config.model_copy(update={"enforce_eager": True})
+        if settings.stream_interval is not None:
+            config = config.model_copy(update={"stream_interval": settings.stream_interval})
         started = time.monotonic()
         path = ensure_model(config, settings.cache_dir)
         log.info(

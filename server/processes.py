@@ -46,6 +46,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vllm.entrypoints.launchers.launcher import NoSignalServer, create_server_socket
+from vllm.utils.system_utils import set_process_title
 from vllm.v1.engine.admission_control import SharedAdmissionStats
 from vllm.v1.engine.utils import bind_engine_zmq_listeners, launch_core_engines
 from vllm.v1.executor import Executor
@@ -160,6 +161,9 @@ def api_process(
     from server.cli import load_service, run_app
 
     index = client_config["client_index"]
+    # vLLM's title for its API processes: tools that tell them from the engine's (the
+    # benchmarks' CPU accounting) read both servers' alike.
+    set_process_title("APIServer", str(index))
     settings = args.settings
     setup_logging(settings.log_level, api_process=index)
     loads = client_config.get("api_server_loads")

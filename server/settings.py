@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     eager: bool = False
     """Force every model's enforce_eager (no graph compilation): starts in seconds instead of
     a minute on CPU; the tests use it."""
+    stream_interval: int | None = Field(default=None, ge=1, le=1024)
+    """Tokens a streamed event carries at most, for every model (none: each model config's
+    stream_interval, 1 unless set): the first token and the last go at once, the others in
+    groups of this many, which saves the API processes' CPU per token at the cost of a
+    lumpier stream (README "Benchmarks")."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server's own logs."""
     log_prompts: bool = False

@@ -24,8 +24,9 @@ from server.chat.protocol import (
     ResponseMessage,
     ToolCallDelta,
 )
+from server.common.chunks import ChunkTemplate, Encoded, chat_content_choice
 from server.common.outputs import ChoiceState, choice_logprobs, time_info, usage_of
-from server.common.protocol import TimeInfo, TokenLogprob, Usage
+from server.common.protocol import ChoiceLogprobs, TimeInfo, TokenLogprob, Usage
 from server.errors import EngineFailedError, FailedGenerationError, InternalError
 from server.models.pool import ModelPool
 
@@ -180,9 +181,9 @@ class ChatService:
 
     # ------------------------------------------------------------ streaming
 
-    async def stream(self, prep: Prepared) -> AsyncGenerator[ChatCompletionChunk, None]:
-        """``chat.completion.chunk`` objects; an error mid-stream is raised (the caller turns
-        it into an error event)."""
+    async def stream(self, prep: Prepared) -> AsyncGenerator[Encoded, None]:
+        """``chat.completion.chunk`` objects, serialized; an error mid-stream is raised (the
+        caller turns it into an error event)."""
         request = prep.request
         syntax = prep.model.chat_format.tool_calls
         n = request.n or 1
@@ -190,10 +191,9 @@ class ChatService:
         holding = dict.fromkeys(range(n), prep.wants_tools)
         states: dict[int, ChoiceState] = {}
         last = None
+        template = ChunkTemplate(ChatCompletionChunk, prep.envelope)
         for i in range(n):
-            yield self._chunk(
-                prep, [ChunkChoice(index=i, delta=Delta(role="assistant", content=""))]
-            )
+            yield template.of([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
         async for state, text, logprobs, out in self._run(prep):
             states[state.index] = state
             last = out
@@ -204,10 +204,8 @@ class ChatService:
                     continue
                 holding[i], text, held[i] = False, held[i], ""
             if text or logprobs:
-                lp = choice_logprobs(ChoiceState(i, logprobs=logprobs), bool(request.logprobs))
-                yield self._chunk(
-                    prep, [ChunkChoice(index=i, delta=Delta(content=text), logprobs=lp)]
-                )
+                lp = ChoiceLogprobs(content=logprobs) if request.logprobs else None
+                yield template.encode(chat_content_choice(i, text, lp))
         if last is None:
             raise InternalError("The engine returned no output.")
         outcome = Outcome(states, last)
@@ -219,9 +217,9 @@ class ChatService:
         # when the client asks for OpenAI's usage chunk, usage goes there only: clients that
         # add up the usage of every chunk (LangChain) would count it twice.
         usage = None if include_usage else outcome.usage
-        yield self._chunk(prep, finals, usage=usage, timing=outcome.timing(prep.arrival))
+        yield template.of(finals, usage=usage, time_info=outcome.timing(prep.arrival))
         if include_usage:
-            yield self._chunk(prep, [], usage=outcome.usage)
+            yield template.of([], usage=outcome.usage)
 
     def _final_chunk_choice(self, prep: Prepared, state: ChoiceState, held: str) -> ChunkChoice:
         finish: FinishReason = state.finish_reason or "stop"
@@ -239,20 +237,6 @@ class ChatService:
                 delta.content = held
             finish = choice.finish_reason or finish
         return ChunkChoice(index=state.index, delta=delta, finish_reason=finish)
-
-    @staticmethod
-    def _chunk(
-        prep: Prepared,
-        choices: list[ChunkChoice],
-        usage: Usage | None = None,
-        timing: TimeInfo | None = None,
-    ) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            **prep.envelope,
-            choices=choices,
-            usage=usage,
-            time_info=timing,
-        )
 
 
 def _raise_if_invalid(

@@ -12,6 +12,7 @@ from typing import TypeVar
 from vllm import RequestOutput
 from vllm.outputs import CompletionOutput
 
+from server.common.chunks import ChunkTemplate, Encoded, completion_text_choice
 from server.common.outputs import ChoiceState, time_info
 from server.common.protocol import PromptTokensDetails, Usage
 from server.completions.logprobs import legacy_logprobs
@@ -78,35 +79,31 @@ class CompletionService:
             time_info=time_info(last.metrics, prep.arrival),
         )
 
-    async def stream(self, prep: PreparedCompletion) -> AsyncGenerator[CompletionResponse, None]:
-        """``text_completion`` chunks: text (the echoed prompt first) and logprobs as they
-        come, then one chunk with every choice's finish_reason, usage and time_info (usage on
-        a chunk of its own with ``stream_options.include_usage``, as chat); an error mid-stream
-        is raised (the caller turns it into an error event)."""
+    async def stream(self, prep: PreparedCompletion) -> AsyncGenerator[Encoded, None]:
+        """``text_completion`` chunks, serialized: text (the echoed prompt first) and logprobs
+        as they come, then one chunk with every choice's finish_reason, usage and time_info
+        (usage on a chunk of its own with ``stream_options.include_usage``, as chat); an
+        error mid-stream is raised (the caller turns it into an error event)."""
         choices: dict[int, _Choice] = {}
         last = None
+        template = ChunkTemplate(CompletionResponse, prep.envelope)
         async for delta, out in self._run(prep, choices):
             last = out
             if delta.text or delta.logprobs is not None or delta.tokens:
-                choice = CompletionChoice(
-                    index=delta.choice.state.index,
-                    text=delta.text,
-                    logprobs=delta.logprobs,
-                    tokens=delta.tokens,
-                )
-                yield CompletionResponse(**prep.envelope, choices=[choice])
+                index = delta.choice.state.index
+                choice = completion_text_choice(index, delta.text, delta.logprobs, delta.tokens)
+                yield template.encode(choice)
         if last is None:
             raise InternalError("The engine returned no output.")
         usage = _usage(prep, choices)
         include_usage = prep.request.include_usage
-        yield CompletionResponse(
-            **prep.envelope,
-            choices=[_final(prep, choices[i], full=False) for i in sorted(choices)],
+        yield template.of(
+            [_final(prep, choices[i], full=False) for i in sorted(choices)],
             usage=None if include_usage else usage,
             time_info=time_info(last.metrics, prep.arrival),
         )
         if include_usage:
-            yield CompletionResponse(**prep.envelope, choices=[], usage=usage)
+            yield template.of([], usage=usage)
 
     async def _run(
         self, prep: PreparedCompletion, choices: dict[int, _Choice]

@@ -21,6 +21,7 @@ from server.chat.protocol import (
     ModelList,
 )
 from server.chat.service import ChatService, new_request_id
+from server.common.chunks import Encoded
 from server.completions.protocol import CompletionRequest, CompletionResponse
 from server.completions.service import CompletionService, new_completion_id
 from server.errors import APIError, DrainingError, EngineDeadError
@@ -62,29 +63,26 @@ async def completions(request: Request) -> Response:
 
 
 class _Wire(Answer, Protocol):
-    """A response or chunk as the route sends it."""
+    """A response as the route sends it."""
 
     def model_dump(self) -> dict[str, Any]: ...
-    def model_dump_json(self) -> str: ...
 
 
 P = TypeVar("P")
 R = TypeVar("R", bound=_Wire)
 R_co = TypeVar("R_co", bound=_Wire, covariant=True)
-C = TypeVar("C", bound=_Wire)
-C_co = TypeVar("C_co", bound=_Wire, covariant=True)
 
 
-class _Generating(Protocol[P, R_co, C_co]):
+class _Generating(Protocol[P, R_co]):
     """What a generating endpoint's service offers the route (chat's, completions')."""
 
     def prepare(self, request: Any, request_id: str, arrival: float) -> Awaitable[P]: ...
     def complete(self, prepared: P) -> Awaitable[R_co]: ...
-    def stream(self, prepared: P) -> AsyncGenerator[C_co, None]: ...
+    def stream(self, prepared: P) -> AsyncGenerator[Encoded, None]: ...
 
 
 async def _generate(
-    request: Request, body: Controlled, service: _Generating[P, R, C], request_id: str
+    request: Request, body: Controlled, service: _Generating[P, R], request_id: str
 ) -> Response:
     """Admit, prepare, then answer or stream, all under the request's control."""
     control = _control(request)
@@ -95,21 +93,22 @@ async def _generate(
     )
     if body.stream:
         events = control.stream(request, service.stream(prepared))
-        # sep: events end in "\n\n" as OpenAI's do; sse-starlette's default "\r\n\r\n" is
-        # valid SSE, but parsers that split on "\n\n" (vLLM's bench) lose events in it.
+        # Events end in "\n\n" as OpenAI's do (sep: pings too); sse-starlette's default
+        # "\r\n\r\n" is valid SSE, but parsers that split on "\n\n" (vLLM's bench) lose
+        # events in it.
         return _EventStream(_sse(events), ping=15, headers=headers, send_timeout=30, sep="\n")
     response = await control.answer(request, service.complete(prepared))
     return JSONResponse(response.model_dump(), headers=headers)
 
 
-async def _sse(events: AsyncIterator[_Wire | APIError]) -> AsyncIterator[dict]:
-    """Each event serialized once, here; then OpenAI's end marker."""
+async def _sse(events: AsyncIterator[Encoded | APIError]) -> AsyncIterator[bytes]:
+    """Each event framed once, here (``data: ...`` and a blank line: the bytes sse-starlette
+    would make of it, without its per-event line splitting, needless for JSON, which holds
+    no raw newline); then OpenAI's end marker."""
     async for event in events:
-        if isinstance(event, APIError):
-            yield {"data": json.dumps(event.body())}
-        else:
-            yield {"data": event.model_dump_json()}
-    yield {"data": "[DONE]"}
+        data = json.dumps(event.body()).encode() if isinstance(event, APIError) else event.data
+        yield b"data: " + data + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
 
 class _EventStream(EventSourceResponse):

@@ -70,6 +70,9 @@ class ModelConfig(BaseModel):
     """Requests the engine runs at once."""
     enforce_eager: bool = False
     """Skip graph capture and compilation (faster start, slower decode)."""
+    stream_interval: int = Field(default=1, ge=1, le=1024)
+    """Tokens a stream's event carries at most (vLLM's stream_interval): the first token and
+    the last are sent at once, the others in groups of this many."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -72,6 +72,7 @@ def engine_args(
         "pipeline_parallel_size": config.pipeline_parallel_size,
         "max_num_seqs": config.max_num_seqs,
         "enforce_eager": config.enforce_eager,
+        "stream_interval": config.stream_interval,
         "structured_outputs_config": {
             "backend": structured_backend,
             **backend(structured_backend).engine_options,

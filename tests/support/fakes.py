@@ -21,6 +21,7 @@ from server.chat.protocol import (
     Delta,
     ResponseMessage,
 )
+from server.common.chunks import ChunkTemplate, Encoded
 from server.common.protocol import TimeInfo, Usage
 from server.errors import ModelNotFoundError
 from server.settings import Settings
@@ -106,26 +107,22 @@ class FakeService:
             time_info=TIMING,
         )
 
-    async def stream(self, prep: Any) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(self, prep: Any) -> AsyncIterator[Encoded]:
+        """Serialized chunks, as the real service sends them."""
         self.started += 1
         finished = False
+        envelope = {"id": prep.request_id, "created": 0, "model": MODEL, "system_fingerprint": "fp"}
+        template = ChunkTemplate(ChatCompletionChunk, envelope)
         try:
             for text in ("h", "i"):
                 await self._step()
-                yield self._chunk(prep, [ChunkChoice(index=0, delta=Delta(content=text))])
+                yield template.of([ChunkChoice(index=0, delta=Delta(content=text))])
             final = [ChunkChoice(index=0, delta=Delta(), finish_reason="stop")]
-            yield self._chunk(prep, final, usage=USAGE, time_info=TIMING)
+            yield template.of(final, usage=USAGE, time_info=TIMING)
             finished = True
         finally:
             if not finished:
                 self.closed += 1
-
-    @staticmethod
-    def _chunk(prep: Any, choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
-        chunk = ChatCompletionChunk(
-            id=prep.request_id, created=0, model=MODEL, system_fingerprint="fp", choices=choices
-        )
-        return chunk.model_copy(update=extra)
 
 
 @contextlib.asynccontextmanager

@@ -173,3 +173,20 @@ def test_parallelism_against_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="needs the 'ray' package"):
         check_parallelism(layout(8, 2, "ray"), visible_gpus=8)
+
+
+def test_stream_interval_reaches_the_engine() -> None:
+    """The setting (over a model's own) is vLLM's scheduler stream_interval, which its output
+    processor applies in each API process."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from server.cli import prepare_models
+    from server.settings import Settings
+
+    config = load_model_config("smollm2-135m")
+    assert config.stream_interval == 1
+    grouped = config.model_copy(update={"stream_interval": 4})
+    kwargs = engine_args(grouped, "/m", structured_backend="guidance", gpu=False)
+    assert AsyncEngineArgs(**kwargs).stream_interval == 4
+    ((prepared, _),) = prepare_models(Settings(model=["smollm2-135m"], stream_interval=3))
+    assert prepared.stream_interval == 3

@@ -57,3 +57,12 @@ def test_openai_top_k_minus_one_means_all_tokens() -> None:
 def test_ignore_eos_runs_to_max_tokens_past_end_of_turn_tokens() -> None:
     p = params(ignore_eos=True)
     assert p.ignore_eos and p.stop_token_ids == []
+
+
+def test_fresh_params_skip_the_engines_deep_copy() -> None:
+    """As vLLM's own server: each request's parameters are its own, so the engine need not
+    deep-copy (and revalidate) them; its shallow copy is still its own object."""
+    p = params(stop=["x"])
+    assert p.skip_clone
+    copy = p.clone()
+    assert copy is not p and copy.stop == ["x"]
