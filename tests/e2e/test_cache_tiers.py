@@ -188,26 +188,27 @@ def test_service_tier_is_echoed_and_a_bad_one_named(client: openai.OpenAI) -> No
     assert body["param"] == "service_tier"
 
 
-FLEX_REQUESTS = 5
+BLOCKER_TOKENS = 1200
+"""The flex request holding the engine's one slot while every other request queues: tens of
+seconds here, so no request that reaches the server late misses the window."""
+WAITING_FLEX = 4
+FLEX_TOKENS = 32
 PRIORITY_REQUESTS = 3
-FLEX_TOKENS = 160
-"""Long enough that the flex request running when the priority ones arrive is still running."""
 PRIORITY_TOKENS = 16
-PREFILL_MARGIN = 0.5
-"""Seconds: more than one prefill of a short prompt takes, far less than a flex request."""
 
 
 def test_priority_requests_overtake_queued_flex_ones(
     client: openai.OpenAI, one_seq: ServerProcess
 ) -> None:
-    """One request runs at a time. Five flex requests are queued first, then three priority
-    ones (with a queue_threshold header, which does not apply to them): once the priority ones
-    are in the engine, it takes them before every flex request still waiting. A flex request
-    with queue_threshold 50 ms sent meanwhile is refused at once.
+    """One request runs at a time. A long flex request takes the slot; four flex requests
+    queue behind it, then three priority ones (with a queue_threshold header, which does not
+    apply to them). When the long one ends, the engine takes every priority request before the
+    flex ones that were waiting longer. A flex request with queue_threshold 50 ms sent
+    meanwhile is refused at once.
 
-    Times are taken at each stream's role chunk, which the server sends just before it hands
-    the request to the engine, not when a thread starts: on a busy machine a thread's request
-    can reach the server a whole flex request later."""
+    The test moves on from each step when /metrics shows the engine holding the requests, not
+    after a pause, and checks the long request was still running when all of them were in:
+    on a busy machine a thread's request can reach the server seconds after it started."""
     url = one_seq.base_url
     wait_idle(url, 120)
     # One finished request tells the server how long requests take (queue_threshold's
@@ -215,12 +216,12 @@ def test_priority_requests_overtake_queued_flex_ones(
     client.chat.completions.create(**long_request("warm-up", FLEX_TOKENS))
     queued: dict[str, float] = {}
     first_token: dict[str, float] = {}
+    done: dict[str, float] = {}
     errors: list[BaseException] = []
 
-    def run(name: str, tier: str) -> None:
+    def run(name: str, tier: str, tokens: int) -> None:
         try:
             headers = {"queue_threshold": "50"} if tier == "priority" else {}
-            tokens = PRIORITY_TOKENS if tier == "priority" else FLEX_TOKENS
             stream = client.chat.completions.create(
                 **long_request(name, tokens),
                 service_tier=tier,  # type: ignore[arg-type]
@@ -233,15 +234,27 @@ def test_priority_requests_overtake_queued_flex_ones(
                     queued[name] = time.monotonic()
                 if delta is not None and delta.content and name not in first_token:
                     first_token[name] = time.monotonic()
+            done[name] = time.monotonic()
         except Exception as exc:  # reported by the test, after the threads end
             errors.append(exc)
 
-    flex = [f"flex-{i}" for i in range(FLEX_REQUESTS)]
+    def start(names: list[str], tier: str, tokens: int) -> list[threading.Thread]:
+        threads = [threading.Thread(target=run, args=(n, tier, tokens)) for n in names]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def engine_holds(count: int) -> bool:
+        assert not errors, errors
+        assert "blocker" not in done, "the long request ended before the others were queued"
+        return engine_requests(url) == count
+
+    flex = [f"flex-{i}" for i in range(WAITING_FLEX)]
     prio = [f"priority-{i}" for i in range(PRIORITY_REQUESTS)]
-    threads = [threading.Thread(target=run, args=(n, "flex")) for n in flex]
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: engine_requests(url) == FLEX_REQUESTS, 60, "all flex requests queued")
+    threads = start(["blocker"], "flex", BLOCKER_TOKENS)
+    wait_until(lambda: "blocker" in first_token or bool(errors), 120, "the long request running")
+    threads += start(flex, "flex", FLEX_TOKENS)
+    wait_until(lambda: engine_holds(1 + WAITING_FLEX), 120, "all flex requests queued")
 
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(
@@ -254,10 +267,11 @@ def test_priority_requests_overtake_queued_flex_ones(
     body: Any = refused.value.body
     assert body["code"] == "queue_threshold_exceeded"
 
-    more = [threading.Thread(target=run, args=(n, "priority")) for n in prio]
-    for thread in more:
-        thread.start()
-    for thread in threads + more:
+    threads += start(prio, "priority", PRIORITY_TOKENS)
+    wait_until(
+        lambda: engine_holds(1 + WAITING_FLEX + PRIORITY_REQUESTS), 120, "all requests queued"
+    )
+    for thread in threads:
         thread.join(600)
     assert not errors, errors
 
@@ -270,15 +284,10 @@ def test_priority_requests_overtake_queued_flex_ones(
         f"queue wait median: priority {prio_median:.2f} s, flex {flex_median:.2f} s; "
         + ", ".join(f"{n} {wait[n]:.2f}" for n in flex + prio)
     )
-    # The flex request running when the priority ones arrived keeps its slot; every priority
-    # request starts before all the flex requests that were still waiting (in arrival order,
-    # as FCFS would take them, they would start last).
-    # A flex request scheduled just before the last priority one came shows its first token
-    # one prefill later: PREFILL_MARGIN keeps it out of those that were waiting.
-    arrived = max(queued[n] for n in prio) + PREFILL_MARGIN
-    waiting = [n for n in flex if first_token[n] > arrived]
-    assert len(waiting) >= 2, f"the priority requests came too late to overtake: {order}"
-    assert max(first_token[n] for n in prio) < min(first_token[n] for n in waiting), order
+    # Every flex request was waiting before any priority one came; in arrival order, as FCFS
+    # would take them, the priority ones would start last. They start first.
+    assert max(queued[n] for n in flex) < min(queued[n] for n in prio)
+    assert max(first_token[n] for n in prio) < min(first_token[n] for n in flex), order
     assert prio_median < flex_median
 
 
