@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -269,11 +270,52 @@ def _replica_labels(text: str) -> set[str]:
 
 
 def replica_processes() -> list[psutil.Process]:
-    return [
-        p
-        for p in cluster_processes()
-        if " ".join(p.cmdline()).startswith("ray::ServeReplica:llama-serve")
-    ]
+    """The replicas' actor processes (started by a raylet; not a process a replica forked,
+    which carries its title until it sets its own)."""
+    return [p for p in cluster_processes() if _is_replica(p) and not _is_replica(p.parent())]
+
+
+def _is_replica(process: psutil.Process | None) -> bool:
+    try:
+        return process is not None and " ".join(process.cmdline()).startswith(
+            "ray::ServeReplica:llama-serve"
+        )
+    except psutil.Error:
+        return False
+
+
+def _engine_core(replica: psutil.Process) -> psutil.Process | None:
+    try:
+        for child in replica.children(recursive=True):
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                return child
+    except psutil.Error:
+        pass
+    return None
+
+
+def _a_replica_and_its_engine_core() -> tuple[psutil.Process, psutil.Process]:
+    """A serving replica and its engine core (a replica still starting may have none yet)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for replica in replica_processes():
+            core = _engine_core(replica)
+            if core is not None:
+                return replica, core
+        time.sleep(1)
+    raise AssertionError(f"no replica with an engine core after 120 s:\n{_process_tree()}")
+
+
+def _process_tree() -> str:
+    """The replicas and their children, for a failure's message."""
+    lines = []
+    for replica in replica_processes():
+        with contextlib.suppress(psutil.Error):
+            lines.append(f"{replica.pid} {' '.join(replica.cmdline())[:80]}")
+            for child in replica.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    lines.append(f"  {child.pid} {child.name()} {' '.join(child.cmdline())[:80]}")
+    return "\n".join(lines)
 
 
 def test_a_killed_replica_is_replaced_and_no_request_hangs(serve: dict[str, Any]) -> None:
@@ -320,12 +362,7 @@ def test_a_replica_whose_engine_died_fails_its_health_check_and_is_replaced(
     base = serve["base"]
     before = {ask(base, i)[0] for i in range(8)}
     assert len(before) == 2
-    replica = replica_processes()[0]
-    (core,) = [
-        p
-        for p in replica.children(recursive=True)
-        if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
-    ]
+    replica, core = _a_replica_and_its_engine_core()
     log_before = len(serve["log"].read_text(errors="replace"))
     core.kill()
 
