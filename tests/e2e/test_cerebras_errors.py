@@ -29,12 +29,15 @@ from cerebras.cloud.sdk import (
 )
 
 from tests.support.openai_schema import assert_conforms
+from tests.support.probes import gauge, wait_until
 from tests.support.serverproc import ServerProcess, preset_file, start_server
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "smollm2-135m"
 KEY = "sk-e2e-cerebras-errors-41d7"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMITTED = f'model_name="{MODEL}"'
 TIMEOUT = 10.0
 MAX_BODY = 64 * 1024
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
@@ -144,13 +147,12 @@ def holding_every_slot(url: str) -> Iterator[None]:
         "max_tokens": 4000,
         "ignore_eos": True,
     }
-    auth = {"Authorization": f"Bearer {KEY}"}
     with contextlib.ExitStack() as stack:
         readers = []  # referenced: a reader collected early would close its stream
         for _ in range(2):
             r = stack.enter_context(
                 httpx.stream(
-                    "POST", f"{url}/v1/chat/completions", json=body, headers=auth, timeout=60
+                    "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
                 )
             )
             assert r.status_code == 200
@@ -164,7 +166,14 @@ def test_queue_full_is_rate_limit_error(guarded: ServerProcess) -> None:
         error = raised(create(client(guarded)))
     assert type(error) is RateLimitError and error.status_code == 429
     assert error.response.headers["retry-after"] == "1"
-    assert create(client(guarded))().choices[0].message.content  # the slots are free again
+    # The slots are free again once the server saw both clients go (a moment after they closed
+    # their streams, longer on a loaded machine), and a request is served.
+    wait_until(
+        lambda: gauge(guarded.base_url, "llama_serve_admitted_requests", ADMITTED, AUTH) == 0,
+        30,
+        "both held slots released",
+    )
+    assert create(client(guarded))().choices[0].message.content
 
 
 def test_deadline_is_internal_server_error_as_response_and_as_event(guarded: ServerProcess) -> None:

@@ -5,7 +5,6 @@ openai and cerebras SDKs' completions clients, and ``vllm bench serve``'s comple
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from cerebras.cloud.sdk import Cerebras
 from transformers import AutoTokenizer
 
+from tests.support.probes import engine_requests, wait_idle, wait_until
 from tests.support.serverproc import ServerProcess, model_dir
 from tests.support.timing import assert_measured_time_info
 
@@ -229,52 +229,35 @@ def test_access_log_names_the_path_user_and_usage(
     r = client.completions.with_raw_response.create(
         model=SMOL, prompt=PROMPT, max_tokens=3, user="cmpl-user-9"
     )
-    request_id = r.headers["x-request-id"]
     answer = r.parse()
-    deadline = time.monotonic() + 10
-    line: dict[str, Any] | None = None
-    while line is None and time.monotonic() < deadline:
-        for text in smol_server.log().splitlines():
-            if text.startswith("{") and f'"request_id": "{request_id}"' in text:
-                line = json.loads(text)
-        time.sleep(0.2)
-    assert line is not None
+    line = smol_server.access_line(r.headers["x-request-id"])
     assert line["path"] == "/v1/completions" and line["status"] == 200
     assert line["user"] == "cmpl-user-9" and line["id"] == answer.id
     assert line["usage"] == answer.usage.model_dump(exclude_none=True)
 
 
-def _engine_requests(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    match = re.search(rf'llama_serve_engine_requests\{{model_name="{SMOL}"\}} (\S+)', text)
-    assert match
-    return float(match.group(1))
-
-
-def _wait_idle(url: str) -> bool:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if _engine_requests(url) == 0:
-            return True
-        time.sleep(0.2)
-    return False
+ABORTED_WITHIN_S = 30
+"""Seconds for the engine to let a gone client's requests go: against the minutes their
+4,000 tokens would take, with room for a loaded machine."""
 
 
 def test_a_client_that_leaves_aborts_every_prompt(smol_url: str) -> None:
     """Several prompts are several engine requests: leaving a stream, or a plain request,
     aborts all of them (they would otherwise run to 4,000 tokens)."""
     body = {"model": SMOL, "prompt": ["a", "b", "c"], "max_tokens": 4000, "ignore_eos": True}
+    wait_idle(smol_url, 60)  # nothing left by an earlier test on the shared server
     with httpx.stream(
         "POST", f"{smol_url}/v1/completions", json=body | {"stream": True}, timeout=60
     ) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
-        assert _engine_requests(smol_url) == 3
-    assert _wait_idle(smol_url)
+        # All three are in the engine (for minutes) once each has been handed to it.
+        wait_until(lambda: engine_requests(smol_url) == 3, 60, "the three prompts generating")
+    wait_idle(smol_url, ABORTED_WITHIN_S)
 
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{smol_url}/v1/completions", json=body, timeout=2)
-    assert _wait_idle(smol_url)
+    wait_idle(smol_url, ABORTED_WITHIN_S)
 
 
 def test_vllm_bench_serve_drives_the_completions_endpoint(smol_url: str) -> None:

@@ -128,9 +128,11 @@ def test_soak_mixed_requests(smol_server: ServerProcess) -> None:
 STORM_WAVE = 80
 """Clients dropped at once: more than smollm2-135m's max_num_seqs (64), so that each wave
 leaves some of its requests waiting in the engine's queue when their clients go."""
-NOTICED_WITHIN_S = 5.0
+NOTICED_WITHIN_S = 10.0
 """How soon after a client went away the server must have ended its request (its access-log
-line is written when the handler returns, after the engine request was aborted)."""
+line is written when the handler returns, after the engine request was aborted): against the
+minutes its 2,000 tokens would take in a wave, with room for a loaded machine, where the test's
+own event loop can close a connection seconds after it noted the client's leaving."""
 
 
 @dataclass
@@ -194,8 +196,8 @@ def access_lines(log: str) -> dict[str, dict[str, object]]:
 
 def logged(server: ServerProcess, request_ids: list[str]) -> dict[str, dict[str, object]]:
     """The access-log lines, once every one of ``request_ids`` has its line (the gate writes it
-    as the handler returns, a moment after the engine let the request go), or after 10 s."""
-    deadline = time.monotonic() + 10
+    as the handler returns, a moment after the engine let the request go), or after 30 s."""
+    deadline = time.monotonic() + 30
     while True:
         lines = access_lines(server.log())
         if all(i in lines for i in request_ids) or time.monotonic() > deadline:
@@ -220,26 +222,34 @@ def drop_seen(drop: Dropped, line: dict[str, object] | None) -> str:
     return ""
 
 
+NORMAL_TRIES = 3
+"""Short requests that may be tried for "normal speed": a server slowed by what a storm left
+behind is slow on every one, a loaded machine's hiccup slows one."""
+
+
 def normal_answer(url: str, seconds_normal: float) -> str:
-    """Why a short request is not answered as usual, or "" when it is."""
+    """Why a short request is not answered as usual, or "" when it is: every try answered in
+    full, and one of ``NORMAL_TRIES`` at normal speed."""
     health = httpx.get(f"{url}/health", timeout=10)
     if health.status_code != 200:
         return f"/health {health.status_code}"
-    started = time.monotonic()
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
-    r = httpx.post(f"{url}/v1/chat/completions", json=body | {"ignore_eos": True}, timeout=60)
-    took = time.monotonic() - started
-    if r.status_code != 200:
-        return f"status {r.status_code}: {r.text[:200]}"
-    answer = r.json()
-    choice = answer["choices"][0]
-    if answer["usage"]["completion_tokens"] != 8 or choice["finish_reason"] != "length":
-        return f"not 8 tokens cut by max_tokens: {answer}"
-    if not choice["message"]["content"]:
-        return "empty content"
-    if took > 3 * seconds_normal + 1:
-        return f"took {took:.2f} s, normally {seconds_normal:.2f} s"
-    return ""
+    took: list[float] = []
+    for _ in range(NORMAL_TRIES):
+        started = time.monotonic()
+        r = httpx.post(f"{url}/v1/chat/completions", json=body | {"ignore_eos": True}, timeout=60)
+        took.append(time.monotonic() - started)
+        if r.status_code != 200:
+            return f"status {r.status_code}: {r.text[:200]}"
+        answer = r.json()
+        choice = answer["choices"][0]
+        if answer["usage"]["completion_tokens"] != 8 or choice["finish_reason"] != "length":
+            return f"not 8 tokens cut by max_tokens: {answer}"
+        if not choice["message"]["content"]:
+            return "empty content"
+        if took[-1] <= 3 * seconds_normal + 1:
+            return ""
+    return f"took {', '.join(f'{t:.2f}' for t in took)} s, normally {seconds_normal:.2f} s"
 
 
 def test_disconnect_storm_leaves_the_engine_idle(smol_server: ServerProcess) -> None:

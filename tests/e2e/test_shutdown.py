@@ -76,7 +76,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
         assert (engine_requests(base), inflight_requests(base)) == (2, 3)
         server.proc.send_signal(signal.SIGTERM)
         health = health_once_not_ok(server.base_url)
-        late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=10)
+        late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=30)
         release.set()
         events = sse_data(head + list(lines))
     worker.join(300)
@@ -111,7 +111,7 @@ def _held_upload(url: str, release: threading.Event) -> httpx.Response:
 
     def parts() -> Iterator[bytes]:
         yield body[:10]
-        release.wait(60)
+        release.wait(300)  # the test's whole run on a slow machine: it sets it well before
         yield body[10:]
 
     headers = {"content-type": "application/json"}

@@ -21,9 +21,10 @@ __all__ = [
 MODEL = "smollm2-135m"
 
 
-def gauge(url: str, name: str, labels: str = "") -> float:
-    """One live gauge of /metrics (``labels`` as written there, e.g. ``model_name="x"``)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+def gauge(url: str, name: str, labels: str = "", headers: dict[str, str] | None = None) -> float:
+    """One live gauge of /metrics (``labels`` as written there, e.g. ``model_name="x"``;
+    ``headers`` for a server that wants an API key)."""
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
     series = f"{name}{{{labels}}}" if labels else name
     match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
     if match is None:
@@ -31,9 +32,9 @@ def gauge(url: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-def engine_requests(url: str, model: str = MODEL) -> int:
+def engine_requests(url: str, model: str = MODEL, headers: dict[str, str] | None = None) -> int:
     """Requests the engine holds (running or waiting), from /metrics."""
-    return int(gauge(url, "llama_serve_engine_requests", f'model_name="{model}"'))
+    return int(gauge(url, "llama_serve_engine_requests", f'model_name="{model}"', headers))
 
 
 def inflight_requests(url: str) -> int:
@@ -57,9 +58,10 @@ def wait_idle(url: str, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def health_once_not_ok(base_url: str, timeout: float = 10) -> httpx.Response:
+def health_once_not_ok(base_url: str, timeout: float = 30) -> httpx.Response:
     """/health once it stops answering 200 (a drain or an engine death is handled on the
-    server's event loop, a moment after its cause); the last answer if it never does."""
+    server's event loop, a moment after its cause: longer on a loaded machine, where noticing
+    a dead engine core took seconds); the last answer if it never does."""
     deadline = time.monotonic() + timeout
     while True:
         health = httpx.get(f"{base_url}/health", timeout=10)

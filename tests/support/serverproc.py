@@ -41,10 +41,11 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def access_line(
-        self, value: str, field: str = "request_id", wait: float = 10
+        self, value: str, field: str = "request_id", wait: float = 30
     ) -> dict[str, Any]:
         """The JSON log line whose ``field`` is ``value`` (a request's access-log line, by
-        ``request_id`` or response ``id``), once written: after the response is sent."""
+        ``request_id`` or response ``id``), once written: after the response is sent (``wait``
+        has room for a loaded machine; a line that is there returns at once)."""
         needle = json.dumps({field: value})[1:-1]  # '"field": "value"', as the log writes it
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
