@@ -28,6 +28,7 @@ from server.errors import (
     RequestTimeoutError,
 )
 from server.http.admission import Admission
+from server.http.deadline import StreamDeadline
 from server.http.gate import AccessRecord, request_record
 from server.http.ratelimit import RateLimiter
 
@@ -164,14 +165,13 @@ class RequestControl:
         chunk's usage and time_info go to the access log. A client that leaves is seen by
         sse-starlette, which cancels this iteration and so the engine request."""
         record = request_record(request)
-        deadline = self._deadline(request)
+        deadline = StreamDeadline(self._deadline(request))  # one timer, not one per chunk
         usage: Usage | None = None
         timing: TimeInfo | None = None
         try:
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks)
+                    chunk = await deadline.next(chunks)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -192,6 +192,7 @@ class RequestControl:
                 timing = chunk.time_info or timing
                 yield chunk
         finally:
+            deadline.close()
             await chunks.aclose()
             self._note(record, usage, timing)
 

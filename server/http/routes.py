@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from server.chat.protocol import (
     ChatCompletionRequest,
@@ -28,6 +28,7 @@ from server.errors import APIError, DrainingError, EngineDeadError
 from server.http.body import parse_body
 from server.http.control import Answer, Controlled, RequestControl
 from server.http.gate import record_of
+from server.http.send_guard import SendGuard
 from server.metrics import render_metrics
 from server.models.pool import ServedModel
 
@@ -119,7 +120,15 @@ class _EventStream(EventSourceResponse):
     uvicorn closes the connection.
     """
 
+    _guard: SendGuard
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        """sse-starlette's per-send timeout, kept by one timer per stream (``SendGuard``)
+        instead of a cancel scope per send: each send runs through here."""
+        await self._guard.send(send, message)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._guard = SendGuard(self.send_timeout)
         try:
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:
@@ -129,6 +138,8 @@ class _EventStream(EventSourceResponse):
                 "stream dropped: the client stopped reading",
                 extra={"request_id": record.request_id, "send_timeout_s": self.send_timeout},
             )
+        finally:
+            self._guard.close()
 
 
 @router.get("/v1/models", response_model=ModelList)
