@@ -22,27 +22,27 @@ __all__ = ["SendGuard"]
 
 class SendGuard:
     """Sends of one stream, each given up on after ``timeout`` seconds (never when None);
-    :meth:`close` it."""
+    :meth:`close` it. The stream's data and sse-starlette's pings send from two tasks, so
+    each waiting send is kept with the time it began."""
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = math.inf if timeout is None else timeout
         self._loop = asyncio.get_running_loop()
-        self._since: float | None = None
-        """When the send now waiting began (loop time), or None between sends."""
-        self._task: asyncio.Task[object] | None = None
-        self._fired = False
-        """True once the timer cancelled the send now waiting, until that send has seen it."""
+        self._waiting: dict[asyncio.Task[object], float] = {}
+        """The sends now waiting: their task, and when they began (loop time)."""
+        self._fired: set[asyncio.Task[object]] = set()
+        """Tasks the timer cancelled, until their send has seen it."""
         self._timer = self._loop.call_later(self.timeout, self._check)
 
     def _check(self) -> None:
-        since = self._since
-        if since is None:  # no send waits: none can time out before a timeout from now
-            self._timer = self._loop.call_later(self.timeout, self._check)
-        elif self._loop.time() >= since + self.timeout and self._task is not None:
-            self._fired = True
-            self._task.cancel()
-        else:
-            self._timer = self._loop.call_at(since + self.timeout, self._check)
+        now = self._loop.time()
+        for task, since in list(self._waiting.items()):
+            if now >= since + self.timeout and task not in self._fired:
+                self._fired.add(task)
+                task.cancel()
+        pending = [since for task, since in self._waiting.items() if task not in self._fired]
+        # With no send waiting, none can time out before a timeout from now.
+        self._timer = self._loop.call_at(min(pending, default=now) + self.timeout, self._check)
 
     async def send(self, send: Send, message: Message) -> None:
         """``send(message)``; ``SendTimeoutError`` when it waited ``timeout`` seconds (and was
@@ -52,21 +52,20 @@ class SendGuard:
         if task is None:
             raise RuntimeError("SendGuard.send must run in a task")
         cancelling = task.cancelling()
-        self._task, self._since = task, self._loop.time()
+        self._waiting[task] = self._loop.time()
         try:
             await send(message)
         except asyncio.CancelledError:
-            if self._fired:
-                self._fired = False
+            if task in self._fired:
+                self._fired.discard(task)
                 if task.uncancel() <= cancelling:
                     raise SendTimeoutError() from None
             raise
         finally:
-            self._since = None
-            if self._fired:  # the send ended some other way after the timer cancelled it
-                self._fired = False
+            del self._waiting[task]
+            if task in self._fired:  # the send ended some other way after the timer cancelled it
+                self._fired.discard(task)
                 task.uncancel()
-                self._timer = self._loop.call_later(self.timeout, self._check)
 
     def close(self) -> None:
         self._timer.cancel()

@@ -86,3 +86,24 @@ def test_no_timeout_never_gives_up() -> None:
             guard.close()
 
     asyncio.run(run())
+
+
+def test_a_send_stuck_in_another_task_times_out_too() -> None:
+    """sse-starlette's ping sends from its own task while the data send waits: the older send
+    times out at its own time, and a newer send does not hide it."""
+
+    async def run() -> None:
+        guard = SendGuard(0.1)
+        try:
+            data = asyncio.create_task(guard.send(_stuck, {}))
+            await asyncio.sleep(0.05)
+            ping = asyncio.create_task(guard.send(_stuck, {}))
+            with pytest.raises(SendTimeoutError):
+                await data
+            assert not ping.done()  # its own timeout is later
+            with pytest.raises(SendTimeoutError):
+                await ping
+        finally:
+            guard.close()
+
+    asyncio.run(run())
