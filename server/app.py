@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm.utils.gc_utils import freeze_gc_heap
 
 from grammars import GrammarError
 from server.chat.service import ChatService
@@ -87,6 +88,10 @@ def create_app(
         stats_task = asyncio.create_task(_log_stats(app))
         watchdog = asyncio.create_task(watch_engines(service.pool, lifecycle))
         gauges = asyncio.create_task(publish_live_gauges()) if multiprocess() else None
+        # As vLLM's own front end does: the startup heap (torch, vLLM, the tokenizer: about a
+        # million objects) lives as long as the process, and each full collection that walked
+        # it stopped the event loop, and so every stream, for up to half a second under load.
+        freeze_gc_heap()
         log.info(
             "ready",
             extra={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import openai
@@ -20,6 +21,14 @@ def _server(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[Se
 
 
 LOG_TAIL_LINES = 40
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Collection imported torch, vLLM and the SDKs, about a million objects that live as long
+    as the run. Frozen, they are not walked by each full collection, which stopped every client
+    thread of a test for most of a second: a pause an e2e test would take for the server's."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.hookimpl(wrapper=True)

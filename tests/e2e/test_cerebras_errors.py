@@ -4,13 +4,16 @@ status), as a response or as a stream's error event; every such body is OpenAI's
 ``ErrorResponse``; a client pinned with ``X-Cerebras-Version-Patch`` is served.
 
 One guarded server for the module: smollm2-135m with two sequences and no queue (two
-slots), an API key, a 10 s request timeout and a 64 KiB body limit, so that 401, 413, 429 and
-a deadline's 504 are cheap to provoke.
+slots), an API key, a 30 s request timeout and a 64 KiB body limit, so that 401, 413, 429 and
+a deadline's 504 are cheap to provoke. The timeout is also how long the 429 test's held
+streams hold their slots: at 10 s, a CI run's test process once paused longer than that
+between opening them and asking for a third, which was then served.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,10 +41,10 @@ MODEL = "smollm2-135m"
 KEY = "sk-e2e-cerebras-errors-41d7"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ADMITTED = f'model_name="{MODEL}"'
-TIMEOUT = 10.0
+TIMEOUT = 30.0
 MAX_BODY = 64 * 1024
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
-LONG = {"max_tokens": 4000, "extra_body": {"ignore_eos": True}}  # outlasts TIMEOUT
+LONG = {"max_tokens": 8000, "extra_body": {"ignore_eos": True}}  # outlasts TIMEOUT
 CITY = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 20}},
@@ -137,9 +140,9 @@ def test_wrong_key_is_authentication_error(guarded: ServerProcess) -> None:
 
 
 @contextlib.contextmanager
-def holding_every_slot(url: str) -> Iterator[None]:
+def holding_every_slot(url: str) -> Iterator[list[Iterator[str]]]:
     """Two long streams, each admitted (its first event read), held open until the block ends;
-    leaving closes them, which aborts them in the engine."""
+    leaving closes them, which aborts them in the engine. Yields their lines."""
     body = {
         "model": MODEL,
         "messages": HELLO,
@@ -158,12 +161,22 @@ def holding_every_slot(url: str) -> Iterator[None]:
             assert r.status_code == 200
             readers.append(r.iter_lines())
             next(readers[-1])
-        yield
+        yield readers
+
+
+def next_event(lines: Iterator[str]) -> dict[str, Any]:
+    """The next event's data, past the blank lines between events and any ping comment."""
+    line = next(line for line in lines if line and not line.startswith(":"))
+    assert line.startswith("data: "), line
+    return dict(json.loads(line.removeprefix("data: ")))
 
 
 def test_queue_full_is_rate_limit_error(guarded: ServerProcess) -> None:
-    with holding_every_slot(guarded.base_url):
+    with holding_every_slot(guarded.base_url) as held:
         error = raised(create(client(guarded)))
+        # Both slots were still held: each stream goes on with chunks, not an error.
+        for lines in held:
+            assert "error" not in next_event(lines)
     assert type(error) is RateLimitError and error.status_code == 429
     assert error.response.headers["retry-after"] == "1"
     # The slots are free again once the server saw both clients go (a moment after they closed
