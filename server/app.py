@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import time
@@ -98,6 +99,7 @@ def create_app(
                 "seconds": round(time.monotonic() - started, 1),
                 "models": [_describe(m, admission) for m in service.pool],
                 "api_keys": len(keys),
+                "gc_frozen_objects": gc.get_freeze_count(),
                 "routes": sorted(getattr(r, "path", "") for r in app.routes),
             },
         )

@@ -340,5 +340,7 @@ def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
     starts = [json.loads(x) for x in guarded.log().splitlines() if x.startswith("{")]
     ready = next(x for x in starts if x["msg"] == "ready")
     assert ready["models"][0]["admission_limit"] == SLOTS and ready["seconds"] > 0
+    # The startup heap (torch, vLLM, the tokenizer) is kept out of the collector's walks.
+    assert ready["gc_frozen_objects"] > 100_000
     engine = next(x for x in starts if x["msg"] == "engine ready")
     assert engine["kv_cache_tokens"] > 0 and engine["tp"] == 1 and engine["pp"] == 1
