@@ -5,9 +5,9 @@ status), as a response or as a stream's error event; every such body is OpenAI's
 
 One guarded server for the module: smollm2-135m with two sequences and no queue (two
 slots), an API key, a 30 s request timeout and a 64 KiB body limit, so that 401, 413, 429 and
-a deadline's 504 are cheap to provoke. The timeout is also how long the 429 test's held
-streams hold their slots: at 10 s, a CI run's test process once paused longer than that
-between opening them and asking for a third, which was then served.
+a deadline's 504 are cheap to provoke. The timeout also bounds how long the 429 test's held
+streams hold their slots: at 10 s, a CI run served the third request, so a held stream had
+ended, and nothing but the timeout ends one that soon (the test process must have paused).
 """
 
 from __future__ import annotations
