@@ -12,6 +12,7 @@ from cerebras.cloud.sdk import Cerebras
 # --soak-requests and the other sizes of the reliability tests:
 from tests.support.reliability_options import pytest_addoption, pytest_configure  # noqa: F401
 from tests.support.serverproc import ServerProcess, start_server
+from tests.support.stalls import StallWatch
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[ServerProcess]:
@@ -21,6 +22,7 @@ def _server(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[Se
 
 
 LOG_TAIL_LINES = 40
+STALLS = StallWatch()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -29,6 +31,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     thread of a test for most of a second: a pause an e2e test would take for the server's."""
     gc.collect()
     gc.freeze()
+    STALLS.start()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every stretch of seconds in which the test process did not run (tests/support/stalls.py):
+    what an e2e test that failed on timing went through."""
+    terminalreporter.section("test-process stalls")
+    terminalreporter.write_line(f"{len(STALLS.stalls)} over 2 s")
+    for stall in STALLS.stalls:
+        terminalreporter.write_line(str(stall))
 
 
 @pytest.hookimpl(wrapper=True)

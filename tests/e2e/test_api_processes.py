@@ -19,7 +19,8 @@ import psutil
 import pytest
 from openai import AsyncOpenAI
 
-from tests.support.probes import health_once_not_ok, wait_until
+from tests.support import signal_probe
+from tests.support.probes import wait_until
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.sse import sse_data
 
@@ -30,9 +31,8 @@ PROCESSES = 2
 REQUESTS, CONCURRENCY = 200, 32
 HEADER = "x-api-process"
 DRAIN_TOKENS = 600
-"""Per stream of the drain test: every stream must still be generating when the last one
-starts (CI once saw one start 8 s after the others, when 200 tokens had already finished
-them), so each runs for half a minute here."""
+"""Per stream of the drain test: half a minute of generation here, so every stream is still
+running when the last one arrives (CI once saw one arrive 8 s after the others)."""
 
 
 def _start(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ServerProcess]:
@@ -169,30 +169,29 @@ def _metrics_once_settled(
 def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) -> None:
     streams, tokens = 8, DRAIN_TOKENS
     body = _stream_body(tokens)
-    started = threading.Barrier(streams + 1, timeout=120)
     results: list[tuple[str, list[Any]]] = []
 
     def stream() -> None:
         url = f"{server.base_url}/v1/chat/completions"
         with httpx.stream("POST", url, json=body, timeout=300) as r:
-            lines = r.iter_lines()
-            head = []
-            while len(sse_data(head)) < 2:  # the role chunk and a token: generating
-                head.append(next(lines))
-            started.wait()
-            results.append((r.headers[HEADER], sse_data(head + list(lines))))
+            results.append((r.headers[HEADER], sse_data(list(r.iter_lines()))))
 
+    # The signal comes from a probe process once all eight are in flight: this process may
+    # stall long enough for the streams to end first (CI saw it).
+    probe = signal_probe.start(
+        server.base_url, server.proc.pid, at_least=streams, processes=PROCESSES
+    )
     threads = [threading.Thread(target=stream) for _ in range(streams)]
     for thread in threads:
         thread.start()
-    started.wait()  # every stream is generating
-    server.proc.send_signal(signal.SIGTERM)
-    health = health_once_not_ok(server.base_url)
     for thread in threads:
         thread.join(300)
+    seen = signal_probe.report(probe)
     code = server.proc.wait(120)
 
-    assert health.status_code == 503 and health.json()["error"]["code"] == "draining"
+    assert sorted(seen["health"]) == [str(i) for i in range(PROCESSES)]
+    for health in seen["health"].values():  # each process's /health
+        assert health["status"] == 503 and health["body"]["error"]["code"] == "draining"
     assert len(results) == streams
     assert {index for index, _ in results} == {str(i) for i in range(PROCESSES)}
     for _, events in results:
@@ -207,59 +206,33 @@ def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) 
     assert sorted(x["api_process"] for x in _lines(server, "drained")) == list(range(PROCESSES))
 
 
-def _pinned(server: ServerProcess) -> dict[str, httpx.Client]:
-    """One client per API process, each on one kept-alive connection to it: a new connection
-    goes to the process with the fewest open ones."""
-    clients: dict[str, httpx.Client] = {}
-    for _ in range(20):
-        client = httpx.Client(
-            base_url=server.base_url,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            timeout=10,
-        )
-        index = client.get("/health").headers[HEADER]
-        if index in clients:
-            client.close()
-        else:
-            clients[index] = client
-        if len(clients) == PROCESSES:
-            return clients
-    raise AssertionError(f"reached only API processes {sorted(clients)}")
-
-
 def test_engine_death_turns_health_503_on_both_processes_and_exits_1(
     doomed: ServerProcess,
 ) -> None:
-    clients = _pinned(doomed)
+    (core,) = [
+        p
+        for p in psutil.Process(doomed.proc.pid).children()
+        if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
+    ]
+    # The kill, and /health on each process in the seconds before the server exits, come from
+    # a probe process: this one may stall through both (CI saw it).
+    probe = signal_probe.start(
+        doomed.base_url, core.pid, gauge=None, sig=signal.SIGKILL, processes=PROCESSES
+    )
     url = f"{doomed.base_url}/v1/chat/completions"
-    body = _stream_body(3000)
-    answers: dict[str, httpx.Response] = {}
-    with httpx.stream("POST", url, json=body, timeout=120) as r:
+    with httpx.stream("POST", url, json=_stream_body(3000), timeout=120) as r:
         lines = r.iter_lines()
         head = []
-        while len(sse_data(head)) < 2:
+        while len(sse_data(head)) < 2:  # the role chunk and a token: generating
             head.append(next(lines))
-        (core,) = [
-            p
-            for p in psutil.Process(doomed.proc.pid).children()
-            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
-        ]
-        core.kill()
-        deadline = time.monotonic() + 60
-        while len(answers) < PROCESSES and time.monotonic() < deadline:
-            for index, client in clients.items():
-                if index not in answers:
-                    health = client.get("/health")
-                    if health.status_code != 200:
-                        answers[index] = health
+        signal_probe.go(probe)
         events = sse_data(head + list(lines))
-    for client in clients.values():
-        client.close()
+    seen = signal_probe.report(probe)
     code = doomed.proc.wait(60)
 
-    assert sorted(answers) == [str(i) for i in range(PROCESSES)]
-    for health in answers.values():
-        assert health.status_code == 503 and health.json()["error"]["code"] == "engine_dead"
+    assert sorted(seen["health"]) == [str(i) for i in range(PROCESSES)]
+    for health in seen["health"].values():
+        assert health["status"] == 503 and health["body"]["error"]["code"] == "engine_dead"
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["code"] == "engine_dead", events[-2]
     assert code == 1, doomed.log()[-3000:]

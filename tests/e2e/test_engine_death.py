@@ -3,6 +3,7 @@ then [DONE]), /health answers 503, and the process exits non-zero for a restart.
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.probes import engine_requests, health_once_not_ok, wait_until
+from tests.support import signal_probe
+from tests.support.probes import engine_requests, wait_until
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.sse import sse_data
 
@@ -52,6 +54,11 @@ def test_engine_death_fails_requests_turns_health_503_and_exits_non_zero(
         "ignore_eos": True,
     }
     plain: dict[str, Any] = {}
+    # The kill and /health in the seconds before the server exits come from a probe process:
+    # this one may stall through both (CI saw it).
+    probe = signal_probe.start(
+        server.base_url, engine_core(server.proc.pid).pid, gauge=None, sig=signal.SIGKILL
+    )
     post = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body, timeout=120)))
     post.start()
     wait_until(lambda: engine_requests(server.base_url) == 1, 60, "the plain request generating")
@@ -62,15 +69,16 @@ def test_engine_death_fails_requests_turns_health_503_and_exits_non_zero(
             head.append(next(lines))
         # The engine dies while both the stream and the plain request are generating.
         assert engine_requests(server.base_url) == 2
-        engine_core(server.proc.pid).kill()
-        health = health_once_not_ok(server.base_url)
+        signal_probe.go(probe)
         events = sse_data(head + list(lines))
     post.join(60)
+    seen = signal_probe.report(probe)
     code = server.proc.wait(60)
+    health = seen["health"]["0"]
 
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["code"] == "engine_dead", events[-2]
-    assert health.status_code == 503 and health.json()["error"]["code"] == "engine_dead"
+    assert health["status"] == 503 and health["body"]["error"]["code"] == "engine_dead"
     assert plain["r"].status_code == 503, plain["r"].text
     assert plain["r"].json()["error"]["code"] == "engine_dead"
     assert code == 1, server.log()[-3000:]

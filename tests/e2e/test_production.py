@@ -1,8 +1,9 @@
 """Production operation on one real server: API keys on every route, /metrics counts, the
-queue bound (429 + Retry-After), the request deadline, rate-limit headers, the access log.
+queue bound (429 + Retry-After), rate-limit headers, the access log. (The request deadline has
+a server of its own: tests/e2e/test_deadline.py.)
 
 One server for the module: smollm2-135m with max_num_seqs 2 and max_waiting_requests 2 (four
-slots), two API keys (environment and file), a 20 s request timeout.
+slots), two API keys (environment and file).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import http.client
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +25,6 @@ from cerebras.cloud.sdk import Cerebras
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.path_spellings import PATH_SPELLINGS
-from tests.support.probes import engine_requests, wait_until
 from tests.support.serverproc import ServerProcess, preset_file, start_server
 from tests.support.sse import sse_data
 from tests.support.timing import assert_measured_time_info
@@ -37,13 +36,11 @@ KEY = "sk-e2e-env-6f1c2b"
 FILE_KEY = "sk-e2e-file-93ad0e"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SLOTS = 4  # max_num_seqs 2 + max_waiting_requests 2
-RUNNING_TOKENS, QUEUED_TOKENS = 96, 32
+RUNNING_TOKENS, QUEUED_TOKENS = 4000, 32
 """Of the streams that hold the slots while the queue bound is tested: the two that run first
-hold theirs for seconds (4.8 s measured here, beside other engines), and the two queued behind
-them end well within TIMEOUT (at 6.5 s here; 13 s at half this machine's speed)."""
-TIMEOUT = 20.0
-"""Seconds. Every request but the deadline test's must end within it, queued ones included, on
-a machine half as fast as this one."""
+hold theirs until the test closes them (minutes of generation: a stalled test process, which CI
+saw, must not find them ended, as the server buffers a stream whole and frees its slot without
+its client reading it); the two queued behind them then run whole."""
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 
@@ -57,7 +54,6 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         "LLAMA_SERVE_API_KEY": KEY,
         "LLAMA_SERVE_API_KEY_FILE": str(key_file),
         "LLAMA_SERVE_MAX_WAITING_REQUESTS": "2",
-        "LLAMA_SERVE_REQUEST_TIMEOUT": str(TIMEOUT),
         "LLAMA_SERVE_RATE_LIMIT_REQUESTS_PER_DAY": "100000",
     }
     server = start_server("--model", str(model_file), log_dir=folder, env=env)
@@ -213,12 +209,12 @@ def test_metrics_count_the_requests_sent(guarded: ServerProcess) -> None:
 # ------------------------------------------------------------------ overload
 
 
-async def _hold_all_slots(
-    url: str, tokens: list[int]
-) -> tuple[list[list[Any]], httpx.Response, Any]:
-    """Open SLOTS streams of ``tokens`` each (each holds its slot until it ends), then ask once
-    more."""
+async def _hold_all_slots(url: str) -> tuple[list[list[Any]], httpx.Response, Any]:
+    """Open SLOTS streams (each holds its slot until it ends), then ask once more; then close
+    the two running streams, so that the two queued ones run. Their events, the refused
+    answer and the SDK's retried one."""
     body = {"model": MODEL, "messages": HELLO, "ignore_eos": True}
+    tokens = [RUNNING_TOKENS] * 2 + [QUEUED_TOKENS] * (SLOTS - 2)
     async with (
         httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) as client,
         contextlib.AsyncExitStack() as stack,
@@ -241,7 +237,9 @@ async def _hold_all_slots(
                 sdk.chat.completions.create, model=MODEL, messages=HELLO, max_tokens=2
             )
         )
-        events = [sse_data([line async for line in s.aiter_lines()]) for s in streams]
+        for running in streams[:2]:  # closing aborts them: their slots are free
+            await running.aclose()
+        events = [sse_data([line async for line in s.aiter_lines()]) for s in streams[2:]]
         return events, refused, await retried
 
 
@@ -249,59 +247,21 @@ def test_queue_bound_gives_429_with_retry_after_and_loses_nothing_below_it(
     guarded: ServerProcess,
 ) -> None:
     before = scrape(guarded.base_url)
-    # The two streams that run first hold their slots while the others are opened and the
-    # extra request is refused: long enough for a loaded machine to get there (the server
-    # buffers a short stream whole and frees its slot without its client reading it).
-    tokens = [RUNNING_TOKENS] * 2 + [QUEUED_TOKENS] * (SLOTS - 2)
-    events, refused, retried = asyncio.run(_hold_all_slots(guarded.base_url, tokens))
+    events, refused, retried = asyncio.run(_hold_all_slots(guarded.base_url))
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "rate_limit_error"
-    for stream, n in zip(events, tokens, strict=True):  # every admitted request finished whole
+    for stream in events:  # the queued requests, admitted below the bound, finished whole
         assert stream[-1] == "[DONE]"
         final = stream[-2]
         assert final["choices"][0]["finish_reason"] == "length"
-        assert final["usage"]["completion_tokens"] == n
+        assert final["usage"]["completion_tokens"] == QUEUED_TOKENS
         assert "error" not in json.dumps(stream)
     assert retried is not None and retried.choices[0].message.content is not None
     after = scrape(guarded.base_url)
     rejected = "llama_serve_rejected_requests_total"
     overloaded = value(after, rejected, reason="overloaded")
     assert overloaded - value(before, rejected, reason="overloaded") >= 2  # ours + the SDK's
-
-
-# ------------------------------------------------------------------ deadline
-
-
-def test_request_timeout_gives_504_or_an_error_event(guarded: ServerProcess) -> None:
-    url = guarded.base_url
-    long = {"max_tokens": 4000, "ignore_eos": True}
-    results: dict[str, Any] = {}
-
-    def plain() -> None:
-        results["plain"] = chat(url, **long)
-
-    thread = threading.Thread(target=plain)
-    started = time.monotonic()
-    thread.start()
-    body = {"model": MODEL, "messages": HELLO, "stream": True} | long
-    with httpx.stream(
-        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
-    ) as r:
-        events = sse_data(r.iter_lines())
-    thread.join(60)
-    elapsed = time.monotonic() - started
-    assert TIMEOUT - 1 < elapsed < TIMEOUT + 15
-    assert results["plain"].status_code == 504
-    assert results["plain"].json()["error"]["code"] == "request_timeout"
-    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "request_timeout"
-    assert any(e["choices"][0]["delta"].get("content") for e in events[1:-2])
-    # Both were aborted in the engine, which is free again: at once, against the minutes
-    # their 4,000 tokens would take (the abort follows the 504 by a moment).
-    wait_until(
-        lambda: engine_requests(url, MODEL, headers=AUTH) == 0, 30, "both aborted in the engine"
-    )
-    assert chat(url).status_code == 200
 
 
 # ------------------------------------------------------------------ headers and logs

@@ -9,7 +9,6 @@ however fast the machine generates.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.probes import engine_requests, health_once_not_ok, inflight_requests, wait_until
+from tests.support import signal_probe
+from tests.support.probes import inflight_requests, wait_until
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.sse import sse_data
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "smollm2-135m"
 TOKENS = 400  # the stream's: seconds of generation, still going when the signal comes
-PLAIN_TOKENS = 1000  # the plain request starts first and must outlive the stream's start
+PLAIN_TOKENS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "--model",
         MODEL,
         log_dir=tmp_path_factory.mktemp("drain"),
-        env={"LLAMA_SERVE_DRAIN_TIMEOUT": "300"},  # a slow machine still finishes in the drain
+        # A slow machine still finishes in the drain, and the held upload outlasts a stalled
+        # test process.
+        env={"LLAMA_SERVE_DRAIN_TIMEOUT": "300", "LLAMA_SERVE_BODY_TIMEOUT": "300"},
     )
     children = psutil.Process(proc.proc.pid).children(recursive=True)
     yield proc
@@ -56,34 +58,40 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
     }
     plain: dict[str, Any] = {}
     held: dict[str, Any] = {}
+    events: list[Any] = []
     release = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", url, json=body | {"stream": True}, timeout=300) as r:
+            events.extend(sse_data(list(r.iter_lines())))
+
     uploader = threading.Thread(target=lambda: held.update(r=_held_upload(url, release)))
     uploader.start()
-    worker = threading.Thread(
-        target=lambda: plain.update(
-            r=httpx.post(url, json=body | {"max_tokens": PLAIN_TOKENS}, timeout=300)
-        )
-    )
-    worker.start()
-    base = server.base_url
-    wait_until(lambda: engine_requests(base) == 1 and inflight_requests(base) == 2, 60, "started")
-    with httpx.stream("POST", url, json=body | {"stream": True}, timeout=120) as r:
-        lines = r.iter_lines()
-        head = []
-        while len(sse_data(head)) < 3:  # the role chunk and some content: generating
-            head.append(next(lines))
-        # The signal comes while the plain request and the stream generate and the upload waits.
-        assert (engine_requests(base), inflight_requests(base)) == (2, 3)
-        server.proc.send_signal(signal.SIGTERM)
-        health = health_once_not_ok(server.base_url)
-        late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=30)
-        release.set()
-        events = sse_data(head + list(lines))
-    worker.join(300)
+    wait_until(lambda: inflight_requests(server.base_url) == 1, 60, "the upload started")
+    # The signal comes from a probe process once all three are in flight: this process may
+    # stall long enough for the requests to end first (CI saw it).
+    probe = signal_probe.start(server.base_url, server.proc.pid, at_least=3)
+    workers = [
+        threading.Thread(
+            target=lambda: plain.update(
+                r=httpx.post(url, json=body | {"max_tokens": PLAIN_TOKENS}, timeout=300)
+            )
+        ),
+        threading.Thread(target=stream),
+    ]
+    for worker in workers:
+        worker.start()
+    seen = signal_probe.report(probe)
+    # The upload holds the drain open: new requests meet it whenever this process sends them.
+    late = httpx.post(url, json=body | {"max_tokens": 2}, timeout=30)
+    release.set()
+    for worker in workers:
+        worker.join(300)
     uploader.join(120)
     code = server.proc.wait(60)
 
-    assert health.status_code == 503 and health.json()["error"]["code"] == "draining"
+    health = seen["health"]["0"]
+    assert health["status"] == 503 and health["body"]["error"]["code"] == "draining"
     assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
     assert events[-1] == "[DONE]"
     final = events[-2]

@@ -12,7 +12,6 @@ import httpx
 __all__ = [
     "engine_requests",
     "gauge",
-    "health_once_not_ok",
     "inflight_requests",
     "wait_idle",
     "wait_until",
@@ -56,15 +55,3 @@ def wait_idle(url: str, timeout: float) -> float:
     started = time.monotonic()
     wait_until(lambda: engine_requests(url) == 0, timeout, "idle: the engine still holds requests")
     return time.monotonic() - started
-
-
-def health_once_not_ok(base_url: str, timeout: float = 30) -> httpx.Response:
-    """/health once it stops answering 200 (a drain or an engine death is handled on the
-    server's event loop, a moment after its cause: longer on a loaded machine, where noticing
-    a dead engine core took seconds); the last answer if it never does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        health = httpx.get(f"{base_url}/health", timeout=10)
-        if health.status_code != 200 or time.monotonic() > deadline:
-            return health
-        time.sleep(0.05)
