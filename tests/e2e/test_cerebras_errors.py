@@ -14,7 +14,6 @@ long). The deadline's 504 is tested with a server of its own, in tests/e2e/test_
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +31,7 @@ from cerebras.cloud.sdk import (
 from tests.support.cerebras_sdk import raised
 from tests.support.probes import gauge, wait_until
 from tests.support.serverproc import ServerProcess, preset_file, start_server
+from tests.support.sse import next_event
 
 pytestmark = pytest.mark.e2e
 
@@ -142,13 +142,6 @@ def holding_every_slot(url: str) -> Iterator[list[Iterator[str]]]:
             readers.append(r.iter_lines())
             next(readers[-1])
         yield readers
-
-
-def next_event(lines: Iterator[str]) -> dict[str, Any]:
-    """The next event's data, past the blank lines between events and any ping comment."""
-    line = next(line for line in lines if line and not line.startswith(":"))
-    assert line.startswith("data: "), line
-    return dict(json.loads(line.removeprefix("data: ")))
 
 
 def test_queue_full_is_rate_limit_error(guarded: ServerProcess) -> None:

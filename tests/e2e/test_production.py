@@ -25,6 +25,7 @@ from cerebras.cloud.sdk import Cerebras
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.path_spellings import PATH_SPELLINGS
+from tests.support.probes import wait_until
 from tests.support.serverproc import ServerProcess, preset_file, start_server
 from tests.support.sse import sse_data
 from tests.support.timing import assert_measured_time_info
@@ -209,10 +210,17 @@ def test_metrics_count_the_requests_sent(guarded: ServerProcess) -> None:
 # ------------------------------------------------------------------ overload
 
 
+def _overloaded(url: str) -> float:
+    """Requests refused so far because every slot was taken."""
+    return value(scrape(url), "llama_serve_rejected_requests_total", reason="overloaded")
+
+
 async def _hold_all_slots(url: str) -> tuple[list[list[Any]], httpx.Response, Any]:
-    """Open SLOTS streams (each holds its slot until it ends), then ask once more; then close
-    the two running streams, so that the two queued ones run. Their events, the refused
-    answer and the SDK's retried one."""
+    """Open SLOTS streams (each holds its slot until it ends), then ask once more, and once
+    more through the OpenAI SDK; once both were refused, close the two running streams, so
+    that the two queued ones run and the SDK's retry gets through. The queued streams' events,
+    the refused answer and the SDK's."""
+    refusals = _overloaded(url)
     body = {"model": MODEL, "messages": HELLO, "ignore_eos": True}
     tokens = [RUNNING_TOKENS] * 2 + [QUEUED_TOKENS] * (SLOTS - 2)
     async with (
@@ -231,11 +239,16 @@ async def _hold_all_slots(url: str) -> tuple[list[list[Any]], httpx.Response, An
         refused = await client.post("/v1/chat/completions", json=body | {"max_tokens": 2})
         # The OpenAI SDK waits Retry-After and tries again: it gets through once the
         # streams end (a minute of retries: room for a slow machine to finish them).
-        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=60)
+        sdk = stack.enter_context(openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=60))
         retried = asyncio.create_task(
             asyncio.to_thread(
                 sdk.chat.completions.create, model=MODEL, messages=HELLO, max_tokens=2
             )
+        )
+        # Closed only once the server refused the SDK's first try too (the running streams
+        # hold their slots for minutes: however long this process takes to get here).
+        await asyncio.to_thread(
+            wait_until, lambda: _overloaded(url) >= refusals + 2, 60, "the SDK's first try refused"
         )
         for running in streams[:2]:  # closing aborts them: their slots are free
             await running.aclose()
@@ -246,7 +259,6 @@ async def _hold_all_slots(url: str) -> tuple[list[list[Any]], httpx.Response, An
 def test_queue_bound_gives_429_with_retry_after_and_loses_nothing_below_it(
     guarded: ServerProcess,
 ) -> None:
-    before = scrape(guarded.base_url)
     events, refused, retried = asyncio.run(_hold_all_slots(guarded.base_url))
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"
@@ -258,10 +270,6 @@ def test_queue_bound_gives_429_with_retry_after_and_loses_nothing_below_it(
         assert final["usage"]["completion_tokens"] == QUEUED_TOKENS
         assert "error" not in json.dumps(stream)
     assert retried is not None and retried.choices[0].message.content is not None
-    after = scrape(guarded.base_url)
-    rejected = "llama_serve_rejected_requests_total"
-    overloaded = value(after, rejected, reason="overloaded")
-    assert overloaded - value(before, rejected, reason="overloaded") >= 2  # ours + the SDK's
 
 
 # ------------------------------------------------------------------ headers and logs

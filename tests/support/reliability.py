@@ -30,8 +30,8 @@ __all__ = ["FULL", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULT_NAMES = ("engine_death", "sigterm", "queue_bound", "request_timeout")
-"""Operations tests (tests/e2e/test_engine_death.py, test_shutdown.py, test_production.py)
-that inject a fault: one fault each."""
+"""Operations tests (tests/e2e/test_engine_death.py, test_shutdown.py, test_production.py,
+test_deadline.py) that inject a fault: one fault each."""
 FULL = ["--soak-requests", "1000", "--storm-clients", "200", "--fuzz-examples", "100",
         "--property-examples", "100"]  # fmt: skip
 PARTS = {

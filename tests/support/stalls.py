@@ -2,9 +2,11 @@
 
 CI has failed tests whose client threads read seconds of a server's output at once: the whole
 test process had stopped while its servers went on. A daemon thread that wakes four times a
-second measures each gap; a long one is kept with the test that was running and what the
-machine did meanwhile (CPU time stolen by the hypervisor, this process's own CPU time), and
-the run's summary lists them.
+second measures each gap; a long one is kept with the test that was running and what went on
+meanwhile, and the run's summary lists them. What tells the causes apart: CPU time stolen by
+the hypervisor (the machine paused), the watching thread's own wait for a core (runnable but
+not run: the kernel gave the cores to others), this process's CPU time (another thread kept
+the interpreter busy) and the time every task of the machine waited for memory or disk.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["Stall", "StallWatch"]
@@ -28,23 +31,54 @@ class Stall:
     seconds: float
     stolen: float
     """CPU seconds the hypervisor took from this machine's cores meanwhile."""
+    runnable: float
+    """Seconds the watching thread waited for a core."""
     own_cpu: float
     """CPU seconds this process ran meanwhile."""
+    memory_io: float
+    """Seconds in which some task of the machine waited for memory or disk (pressure stall
+    information, summed)."""
 
     def __str__(self) -> str:
         return (
-            f"{self.seconds:.1f} s in {self.test or 'no test'}: "
-            f"{self.stolen:.1f} CPU-s stolen by the hypervisor, {self.own_cpu:.1f} CPU-s our own"
+            f"{self.seconds:.1f} s in {self.test or 'no test'}: stolen {self.stolen:.1f} s, "
+            f"waiting for a core {self.runnable:.1f} s, own CPU {self.own_cpu:.1f} s, "
+            f"memory or disk stalls {self.memory_io:.1f} s"
         )
 
 
-def _stolen() -> float:
+def _number(path: str, pick: Callable[[str], float]) -> float:
     try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
+        with open(path) as f:
+            return pick(f.read())
+    except (OSError, ValueError, IndexError):
         return 0.0
-    return int(fields[8]) / HZ if len(fields) > 8 else 0.0
+
+
+def _stolen() -> float:
+    return _number("/proc/stat", lambda text: int(text.split()[8]) / HZ)
+
+
+def _runnable() -> float:
+    return _number("/proc/thread-self/schedstat", lambda text: int(text.split()[1]) / 1e9)
+
+
+def _pressure(resource: str) -> float:
+    """Microseconds in which some task waited for ``resource``, since boot, in seconds."""
+    return _number(
+        f"/proc/pressure/{resource}",
+        lambda text: int(text.split("\n")[0].rsplit("total=", 1)[1]) / 1e6,
+    )
+
+
+def _readings() -> tuple[float, ...]:
+    return (
+        time.monotonic(),
+        _stolen(),
+        _runnable(),
+        time.process_time(),
+        _pressure("memory") + _pressure("io"),
+    )
 
 
 class StallWatch:
@@ -56,12 +90,11 @@ class StallWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        last, stolen, cpu = time.monotonic(), _stolen(), time.process_time()
+        last = _readings()
         while True:
             time.sleep(TICK)
-            now, now_stolen, now_cpu = time.monotonic(), _stolen(), time.process_time()
-            if now - last - TICK > THRESHOLD:
+            now = _readings()
+            if now[0] - last[0] - TICK > THRESHOLD:
                 test = os.environ.get("PYTEST_CURRENT_TEST", "")
-                gap = Stall(test, now - last, now_stolen - stolen, now_cpu - cpu)
-                self.stalls.append(gap)
-            last, stolen, cpu = now, now_stolen, now_cpu
+                self.stalls.append(Stall(test, *(b - a for a, b in zip(last, now, strict=True))))
+            last = now
