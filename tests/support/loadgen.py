@@ -13,7 +13,7 @@ Each answer is ``ok`` (right shape), ``refused`` (a 4xx in the envelope, e.g. JS
 by max_tokens: Cerebras's ``json_validate_failed``), ``error`` (a 5xx, or a 200 of the wrong
 shape) or ``lost`` (no answer: connection error or timeout). A ``tools`` answer is ``ok`` only
 when it is a call (``tool_calls`` and ``finish_reason: tool_calls``): one cut off by
-``max_tokens`` (``finish_reason: length``, the partial call returned as content) is an
+``max_tokens`` (a 400 with ``failed_generation``, the demanded call being incomplete) is an
 ``error``, as is any other answer that is not a call.
 """
 
@@ -52,11 +52,14 @@ WEATHER = {
         },
     },
 }
-TOOL_MAX_TOKENS = 140
-"""Room for the longest call the grammar allows, so that a call is never cut off: with
-Outlines' whitespace (12 optional spaces) and a 20-character city of 4-byte characters the
-call is 139 bytes, and a token of SmolLM2's byte-level vocabulary is at least one byte (plus
-the end-of-text token). A tools answer that is not a call is then a failure, never bad luck."""
+TOOL_MAX_TOKENS = 300
+"""Room for the longest call the grammar allows, so that a call is never cut off: with the
+bounded whitespace (12 optional spaces) and a 20-character city whose every character is
+written as a JSON escape pair (``\\ud83d\\ude00``, 12 bytes: ``maxLength`` counts characters,
+not bytes) the call is 299 bytes, and a token of SmolLM2's byte-level vocabulary is at least
+one byte (plus the end-of-text token). A tools answer that is not a call is then a failure,
+never bad luck. (At 140, which counted a character as at most 4 bytes, a demanded call failed
+in a CI soak: a 400 after 6.6 s, about the time of 140 tokens there.)"""
 KINDS: dict[str, dict[str, Any]] = {
     "plain": {"messages": ASK, "max_tokens": 12},
     "stream": {"messages": ASK, "max_tokens": 12, "stream": True},
@@ -119,7 +122,12 @@ def _judge(kind: str, status: int, payload: bytes) -> tuple[str, str]:
         return "error", text[:300]
     if status >= 400:
         body = json.loads(payload)
-        return ("refused", body["error"].get("code") or "") if "error" in body else ("error", text)
+        if "error" not in body:
+            return "error", text
+        if kind == "tools":  # a demanded call that failed (Cerebras's failed_generation)
+            error = body["error"]
+            return "error", f"{error.get('message')} {error.get('failed_generation')!r}"[:600]
+        return "refused", body["error"].get("code") or ""
     if kind == "stream":
         events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
         if not events or events[-1] != "[DONE]" or any('"error"' in e for e in events):
