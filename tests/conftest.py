@@ -94,11 +94,15 @@ STRUCTURED_BACKENDS = ("guidance", "outlines")
 """The default backend and Outlines: the JSON-mode, schema and tool suites run on both."""
 
 
-def backend_url(request: pytest.FixtureRequest, model: str, backend: str) -> str:
-    """The base URL of the session's ``model`` (``smol`` or ``tiny``) server on ``backend``."""
+def backend_server(request: pytest.FixtureRequest, model: str, backend: str) -> ServerProcess:
+    """The session's ``model`` (``smol`` or ``tiny``) server on ``backend``."""
     suffix = "" if backend == "guidance" else f"_{backend}"
     server: ServerProcess = request.getfixturevalue(f"{model}{suffix}_server")
-    return server.base_url
+    return server
+
+
+def backend_url(request: pytest.FixtureRequest, model: str, backend: str) -> str:
+    return backend_server(request, model, backend).base_url
 
 
 @pytest.fixture(scope="session")

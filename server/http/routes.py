@@ -32,7 +32,7 @@ from server.http.send_guard import SendGuard
 from server.metrics import render_metrics
 from server.models.pool import ServedModel
 
-__all__ = ["health_problem", "router"]
+__all__ = ["health_problem", "line_safe", "router"]
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -108,8 +108,29 @@ async def _sse(events: AsyncIterator[Encoded | APIError]) -> AsyncIterator[bytes
     no raw newline); then OpenAI's end marker."""
     async for event in events:
         data = json.dumps(event.body()).encode() if isinstance(event, APIError) else event.data
-        yield b"data: " + data + b"\n\n"
+        yield b"data: " + line_safe(data) + b"\n\n"
     yield b"data: [DONE]\n\n"
+
+
+# JSON leaves these three raw in strings, and SSE does not end a line at them, but
+# str.splitlines() does: so do httpx's iter_lines() and every client reading a stream with it
+# (a model writes them now and then: a CI test got an event cut mid-string). Escaped, they
+# are the same JSON string.
+_LINE_BREAKERS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def line_safe(data: bytes) -> bytes:
+    """``data`` with U+0085, U+2028 and U+2029 escaped: lines of JSON that no line reader
+    splits. In UTF-8 their bytes never occur inside another character, and outside strings
+    JSON is ASCII, so a plain replace is exact."""
+    if b"\xc2\x85" in data or b"\xe2\x80" in data:
+        for raw, escaped in _LINE_BREAKERS:
+            data = data.replace(raw, escaped)
+    return data
 
 
 class _EventStream(EventSourceResponse):

@@ -136,6 +136,21 @@ def test_echo_with_logprobs_is_openais_legacy_format(client: openai.OpenAI) -> N
     assert lp.text_offset[r.usage.prompt_tokens] == len(PROMPT)
 
 
+def test_line_separators_in_a_stream_do_not_split_its_events(
+    smol_url: str, client: openai.OpenAI
+) -> None:
+    # str.splitlines() ends a line at U+0085, U+2028 and U+2029, and so does httpx's
+    # iter_lines(), which sse() reads with: unescaped, an event holding one breaks in two.
+    prompt = "One\x85two\u2028three\u2029four"
+    body = {"model": SMOL, "prompt": prompt, "max_tokens": 3, "echo": True, "stream": True}
+    *chunks, done = sse(smol_url, body)
+    assert done == "[DONE]"
+    text = "".join(c["text"] for chunk in chunks for c in json.loads(chunk)["choices"])
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    streamed = client.completions.create(**body)  # the SDK's own SSE reader, too
+    assert "".join(c.choices[0].text for c in streamed if c.choices).startswith(prompt)
+
+
 def test_logprobs_without_echo_count_offsets_from_the_prompt(client: openai.OpenAI) -> None:
     r = client.completions.create(model=SMOL, prompt=PROMPT, max_tokens=4, logprobs=0, seed=7)
     choice = r.choices[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
+import uuid
 
 import cerebras.cloud.sdk
 import jsonschema
@@ -15,7 +15,8 @@ import pytest
 from cerebras.cloud.sdk import Cerebras
 
 from benchmarks import schema_e2e
-from tests.conftest import STRUCTURED_BACKENDS, backend_url
+from tests.conftest import STRUCTURED_BACKENDS, backend_server, backend_url
+from tests.support.serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +58,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def smol_url(request: pytest.FixtureRequest, backend: str) -> str:
     return backend_url(request, "smol", backend)
+
+
+@pytest.fixture(scope="module")
+def smol_process(request: pytest.FixtureRequest, backend: str) -> ServerProcess:
+    return backend_server(request, "smol", backend)
 
 
 @pytest.fixture(scope="module")
@@ -156,47 +162,54 @@ def test_invalid_schema_is_400(smol: openai.OpenAI) -> None:
     assert err.value.body["param"] == "response_format"
 
 
-def plain_seconds(smol: openai.OpenAI) -> float:
-    """The time of a short request, checked to be answered in full."""
-    started = time.monotonic()
+def plain_seconds(smol: openai.OpenAI, server: ServerProcess) -> float:
+    """The server's time for a short request, checked to be answered in full."""
+    request_id = f"plain-{uuid.uuid4().hex[:12]}"
     r = smol.chat.completions.create(
-        model=SMOL, messages=ask("hi"), max_tokens=8, extra_body={"ignore_eos": True}
+        model=SMOL,
+        messages=ask("hi"),
+        max_tokens=8,
+        extra_body={"ignore_eos": True},
+        extra_headers={"x-request-id": request_id},
     )
-    seconds = time.monotonic() - started
     assert r.choices[0].message.content and r.usage.completion_tokens == 8
-    return seconds
+    return server.seconds(request_id)
 
 
 def test_pathological_schema_is_400_fast_and_others_still_served(
-    smol: openai.OpenAI, backend: str
+    smol: openai.OpenAI, smol_process: ServerProcess, backend: str
 ) -> None:
     """A pattern whose automaton needs about 2**20 states: Outlines cannot compile it within
     the bound (a 400 after --grammar-timeout); llguidance builds its lexer lazily under its own
     fuel limits and may serve it. Meanwhile short requests go on being answered in full."""
     evil = {"type": "object", "properties": {"x": {"type": "string", "pattern": "[ab]*a[ab]{20}"}},
             "required": ["x"]}  # fmt: skip
-    usual = min(plain_seconds(smol) for _ in range(3))
+    usual = min(plain_seconds(smol, smol_process) for _ in range(3))
     outcome: dict[str, object] = {}
 
+    evil_id = f"evil-{uuid.uuid4().hex[:12]}"
+
     def evil_request() -> None:
-        started = time.monotonic()
         evil_format = {"type": "json_schema", "json_schema": {"name": "e", "schema": evil}}
         try:
             r = smol.chat.completions.create(
-                model=SMOL, messages=ask("x"), max_tokens=50, response_format=evil_format
+                model=SMOL,
+                messages=ask("x"),
+                max_tokens=50,
+                response_format=evil_format,
+                extra_headers={"x-request-id": evil_id},
             )
             outcome["content"] = r.choices[0].message.content
         except openai.BadRequestError as err:
             outcome["error"] = err.body
-        outcome["seconds"] = time.monotonic() - started
 
     worker = threading.Thread(target=evil_request)
     worker.start()
-    during = [plain_seconds(smol)]
+    during = [plain_seconds(smol, smol_process)]
     while worker.is_alive():
-        during.append(plain_seconds(smol))
+        during.append(plain_seconds(smol, smol_process))
     worker.join()
-    elapsed = float(str(outcome["seconds"]))
+    elapsed = smol_process.seconds(evil_id)  # by the server's clock: this process may stall
     slowest = max(during)
     print(f"\npathological schema ({backend}): answered after {elapsed:.1f} s; {len(during)} "
           f"short requests meanwhile, slowest {slowest:.2f} s (usually {usual:.2f} s)")  # fmt: skip
@@ -210,7 +223,7 @@ def test_pathological_schema_is_400_fast_and_others_still_served(
     # Every short request meanwhile was answered in full (plain_seconds checks it), none held
     # for the whole compile. Not "at its usual speed": on a machine shared with other vLLM
     # engines one took 18.6 s against a usual 0.4 s during the first Outlines compile after
-    # start, a cause not yet found (see the issue notes).
+    # start, by the test's clock then (which stalls beside busy engines; README, Development).
     assert slowest < 60, (usual, during, elapsed)
 
 

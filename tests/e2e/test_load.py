@@ -15,6 +15,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -61,15 +62,29 @@ def binomial_ceiling(n: int, rate: float, alpha: float = FALSE_ALARM) -> int:
     return n
 
 
-def probe_seconds(url: str, repeat: int = 3) -> float:
+SHORT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+
+
+def short_request(server: ServerProcess) -> tuple[httpx.Response, float]:
+    """A short request and the server's time for it: by its own clock (the access log), as
+    the test process may stall while the server goes on (README, Development)."""
+    request_id = f"probe-{uuid.uuid4().hex[:12]}"
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json=SHORT | {"ignore_eos": True},
+        headers={"x-request-id": request_id},
+        timeout=60,
+    )
+    return r, server.seconds(request_id)
+
+
+def probe_seconds(server: ServerProcess, repeat: int = 3) -> float:
     """The best time of a short request: what "normal speed" means on this machine now."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
     best = float("inf")
     for _ in range(repeat):
-        started = time.monotonic()
-        r = httpx.post(f"{url}/v1/chat/completions", json=body | {"ignore_eos": True}, timeout=60)
+        r, took = short_request(server)
         assert r.status_code == 200, r.text
-        best = min(best, time.monotonic() - started)
+        best = min(best, took)
     return best
 
 
@@ -227,18 +242,16 @@ NORMAL_TRIES = 3
 behind is slow on every one, a loaded machine's hiccup slows one."""
 
 
-def normal_answer(url: str, seconds_normal: float) -> str:
+def normal_answer(server: ServerProcess, seconds_normal: float) -> str:
     """Why a short request is not answered as usual, or "" when it is: every try answered in
     full, and one of ``NORMAL_TRIES`` at normal speed."""
-    health = httpx.get(f"{url}/health", timeout=10)
+    health = httpx.get(f"{server.base_url}/health", timeout=10)
     if health.status_code != 200:
         return f"/health {health.status_code}"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
     took: list[float] = []
     for _ in range(NORMAL_TRIES):
-        started = time.monotonic()
-        r = httpx.post(f"{url}/v1/chat/completions", json=body | {"ignore_eos": True}, timeout=60)
-        took.append(time.monotonic() - started)
+        r, seconds = short_request(server)
+        took.append(seconds)
         if r.status_code != 200:
             return f"status {r.status_code}: {r.text[:200]}"
         answer = r.json()
@@ -260,13 +273,13 @@ def test_disconnect_storm_leaves_the_engine_idle(smol_server: ServerProcess) -> 
     url, clients = smol_server.base_url, size("storm-clients")
     rng = random.Random(1)
     wait_idle(url, timeout=60)
-    before = probe_seconds(url)
+    before = probe_seconds(smol_server)
     survived, settles, problems, checks_passed = 0, [], [], 0
     for first in range(0, clients, STORM_WAVE):
         wave = min(STORM_WAVE, clients - first)
         dropped = asyncio.run(_storm(url, wave, first, rng))
         settles.append(wait_idle(url, timeout=60))
-        after = normal_answer(url, before)
+        after = normal_answer(smol_server, before)
         lines = logged(smol_server, [drop.request_id for drop in dropped])
         seen = [(drop, drop_seen(drop, lines.get(drop.request_id))) for drop in dropped]
         problems += [f"{d.request_id}: {why}" for d, why in seen if why]
@@ -275,7 +288,7 @@ def test_disconnect_storm_leaves_the_engine_idle(smol_server: ServerProcess) -> 
         checks_passed += not after
         survived += 0 if after else sum(not why for _, why in seen)
         assert len(dropped) == wave, f"{wave - len(dropped)} clients got an answer instead"
-    after_s = probe_seconds(url)
+    after_s = probe_seconds(smol_server)
     streaming = sum(i % 2 for i in range(clients))
     print(f"\nstorm: {clients} clients dropped ({streaming} streaming, {clients - streaming} "
           f"waiting) in waves of {STORM_WAVE}; {survived} survived; engine idle after "
@@ -314,9 +327,9 @@ def _slow_stream(port: int) -> socket.socket:
     return sock
 
 
-def probes_beside_a_fast_reader(url: str, seconds: float) -> list[float]:
+def probes_beside_a_fast_reader(server: ServerProcess, seconds: float) -> list[float]:
     """The control: short-request times while the big stream is read at full speed."""
-    stop = threading.Event()
+    url, stop = server.base_url, threading.Event()
 
     def read() -> None:
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=BIG, timeout=120) as r:
@@ -329,7 +342,7 @@ def probes_beside_a_fast_reader(url: str, seconds: float) -> list[float]:
     time.sleep(1)
     times, started = [], time.monotonic()
     while time.monotonic() - started < seconds:
-        times.append(probe_seconds(url, repeat=1))
+        times.append(probe_seconds(server, repeat=1))
     stop.set()
     reader.join(30)
     wait_idle(url, timeout=60)
@@ -347,7 +360,7 @@ def test_slow_reader_neither_stalls_others_nor_grows_memory(smol_server: ServerP
     while the client still holds the socket, and the stream never reached [DONE]."""
     url = smol_server.base_url
     wait_idle(url, timeout=60)
-    control = median(probes_beside_a_fast_reader(url, seconds=15))
+    control = median(probes_beside_a_fast_reader(smol_server, seconds=15))
     own_before, _ = rss_mib(smol_server.proc.pid)
     log_before = len(smol_server.log())
     sock = _slow_stream(smol_server.port)
@@ -356,7 +369,7 @@ def test_slow_reader_neither_stalls_others_nor_grows_memory(smol_server: ServerP
         assert b"200 OK" in sock.recv(256)  # then read nothing more
         started, times = time.monotonic(), []
         while engine_requests(url) > 0 and time.monotonic() - started < 150:
-            times.append(probe_seconds(url, repeat=1))
+            times.append(probe_seconds(smol_server, repeat=1))
             time.sleep(1)
         freed_after = time.monotonic() - started
         own_after, _ = rss_mib(smol_server.proc.pid)

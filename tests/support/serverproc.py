@@ -55,6 +55,11 @@ class ServerProcess:
             time.sleep(0.2)
         raise AssertionError(f"no log line with {needle} after {wait} s")
 
+    def seconds(self, request_id: str) -> float:
+        """How long the server took over a request, by its own clock (the access log's
+        ``duration_s``): a bound that holds while the test process stalls."""
+        return float(self.access_line(request_id)["duration_s"])
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sse_starlette.event import ServerSentEvent
 
@@ -22,6 +24,7 @@ from server.common.protocol import (
     Usage,
 )
 from server.completions.protocol import CompletionChoice, CompletionLogprobs, CompletionResponse
+from server.http.routes import line_safe
 
 TEXTS = [
     "Hello",
@@ -167,3 +170,18 @@ def test_sse_framing_is_sse_starlettes() -> None:
     )
     framed = ServerSentEvent(data=data.data.decode(), sep="\n").encode()
     assert framed == b"data: " + data.data + b"\n\n"
+
+
+@pytest.mark.parametrize("text", ["a\x85b", "a\u2028b\u2029c", "\u2027\u202a é\x84\x86 …"])
+def test_line_safe_events_stay_one_line_for_any_line_reader(text: str) -> None:
+    """U+0085, U+2028 and U+2029 end a line for str.splitlines() (and httpx's iter_lines()):
+    escaped, an event is one line and still the same JSON; other characters pass as they are."""
+    data = (
+        ChunkTemplate(ChatCompletionChunk, ENVELOPES[1])
+        .encode(chat_content_choice(0, text, None))
+        .data
+    )
+    safe = line_safe(data)
+    assert safe.decode().splitlines() == [safe.decode()]
+    assert json.loads(safe) == json.loads(data)
+    assert (safe == data) == (text == "\u2027\u202a é\x84\x86 …")
