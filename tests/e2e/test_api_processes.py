@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import threading
 import time
@@ -19,7 +18,9 @@ import psutil
 import pytest
 from openai import AsyncOpenAI
 
+from server.processes import PROCESS_HEADER
 from tests.support import signal_probe
+from tests.support.metrics_text import series_values
 from tests.support.probes import wait_until
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.sse import sse_data
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m"
 PROCESSES = 2
 REQUESTS, CONCURRENCY = 200, 32
-HEADER = "x-api-process"
+
 DRAIN_TOKENS = 600
 """Per stream of the drain test: half a minute of generation here, so every stream is still
 running when the last one arrives (CI once saw one arrive 8 s after the others)."""
@@ -72,12 +73,7 @@ def _lines(server: ServerProcess, msg: str) -> list[dict[str, Any]]:
 
 def _total(text: str, name: str, **labels: str) -> float:
     """The sum of the series ``name`` in a /metrics text whose labels include ``labels``."""
-    total = 0.0
-    for match in re.finditer(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", text, re.M):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
+    return sum(series_values(text, name, **labels))
 
 
 def _stream_body(max_tokens: int) -> dict[str, Any]:
@@ -174,7 +170,7 @@ def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) 
     def stream() -> None:
         url = f"{server.base_url}/v1/chat/completions"
         with httpx.stream("POST", url, json=body, timeout=300) as r:
-            results.append((r.headers[HEADER], sse_data(list(r.iter_lines()))))
+            results.append((r.headers[PROCESS_HEADER], sse_data(list(r.iter_lines()))))
 
     # The signal comes from a probe process once all eight are in flight: this process may
     # stall long enough for the streams to end first (CI saw it).

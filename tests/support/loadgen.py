@@ -7,7 +7,7 @@ Kinds of request (all short, so that hundreds fit in a CI run on two CPU cores):
 - ``stream``: the same streamed, read to ``[DONE]``;
 - ``json``: JSON mode (``response_format: json_object``), non-streamed (streaming JSON mode is
   refused by design);
-- ``tools``: ``tool_choice: "required"`` with one tool, non-streamed.
+- ``tools``: ``tool_choice: "required"`` with one tool, one call, non-streamed.
 
 Each answer is ``ok`` (right shape), ``refused`` (a 4xx in the envelope, e.g. JSON mode cut off
 by max_tokens: Cerebras's ``json_validate_failed``), ``error`` (a 5xx, or a 200 of the wrong
@@ -53,13 +53,15 @@ WEATHER = {
     },
 }
 TOOL_MAX_TOKENS = 300
-"""Room for the longest call the grammar allows, so that a call is never cut off: with the
+"""Room for the longest call the grammar allows (one call: ``parallel_tool_calls`` false),
+so that a call is never cut off: with the
 bounded whitespace (12 optional spaces) and a 20-character city whose every character is
 written as a JSON escape pair (``\\ud83d\\ude00``, 12 bytes: ``maxLength`` counts characters,
 not bytes) the call is 299 bytes, and a token of SmolLM2's byte-level vocabulary is at least
 one byte (plus the end-of-text token). A tools answer that is not a call is then a failure,
 never bad luck. (At 140, which counted a character as at most 4 bytes, a demanded call failed
-in a CI soak: a 400 after 6.6 s, about the time of 140 tokens there.)"""
+in a CI soak: a 400 after 6.6 s, about the time of 140 tokens there. With parallel calls
+allowed, another CI soak's answer held call after call of ``get_weather`` and reached 300.)"""
 KINDS: dict[str, dict[str, Any]] = {
     "plain": {"messages": ASK, "max_tokens": 12},
     "stream": {"messages": ASK, "max_tokens": 12, "stream": True},
@@ -77,6 +79,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "max_tokens": TOOL_MAX_TOKENS,
         "tools": [WEATHER],
         "tool_choice": "required",
+        "parallel_tool_calls": False,  # one call: several have no length bound
     },
 }
 

@@ -3,11 +3,12 @@ on them (a test waits for the state it needs instead of sleeping and hoping)."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 
 import httpx
+
+from tests.support.metrics_text import labels_of, series_values
 
 __all__ = [
     "engine_requests",
@@ -24,11 +25,10 @@ def gauge(url: str, name: str, labels: str = "", headers: dict[str, str] | None 
     """One live gauge of /metrics (``labels`` as written there, e.g. ``model_name="x"``;
     ``headers`` for a server that wants an API key)."""
     text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
-    series = f"{name}{{{labels}}}" if labels else name
-    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
-    if match is None:
-        raise AssertionError(f"no {series} in /metrics")
-    return float(match.group(1))
+    values = series_values(text, name, **labels_of(labels))
+    if len(values) != 1:
+        raise AssertionError(f"{len(values)} series {name}{{{labels}}} in /metrics")
+    return values[0]
 
 
 def engine_requests(url: str, model: str = MODEL, headers: dict[str, str] | None = None) -> int:

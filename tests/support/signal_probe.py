@@ -19,13 +19,14 @@ import argparse
 import http.client
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.support.metrics_text import series_values
 
 __all__ = ["go", "report", "start"]
 
@@ -80,8 +81,7 @@ def _gauge(host: str, port: int, name: str) -> float:
         text = _get(conn, "/metrics")[1]
     finally:
         conn.close()
-    pattern = rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$"
-    return sum(float(v) for v in re.findall(pattern, text, re.M))
+    return sum(series_values(text, name))
 
 
 def _pinned(host: str, port: int, processes: int) -> dict[str, http.client.HTTPConnection]:
