@@ -116,12 +116,15 @@ def tiny_url(tiny_server: ServerProcess) -> str:
 
 
 # The SDK clients of the embedded default; a module with a server of its own (or a plain
-# httpx client) defines its own ``client``.
+# httpx client) defines its own ``client``. Closed after the module: their pooled connections
+# would otherwise be left to the garbage collector (a ResourceWarning in some later test).
 @pytest.fixture(scope="module")
-def client(smol_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+def client(smol_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0) as sdk:
+        yield sdk
 
 
 @pytest.fixture(scope="module")
-def cerebras(smol_url: str) -> Cerebras:
-    return Cerebras(base_url=smol_url, api_key="unused", max_retries=0)
+def cerebras(smol_url: str) -> Iterator[Cerebras]:
+    with Cerebras(base_url=smol_url, api_key="unused", max_retries=0) as sdk:
+        yield sdk

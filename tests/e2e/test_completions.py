@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -305,8 +306,9 @@ def test_vllm_bench_serve_drives_the_completions_endpoint(smol_url: str) -> None
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0)
+def tiny(tiny_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0) as sdk:
+        yield sdk
 
 
 def test_tiny_token_id_prompts_plain_and_streamed(tiny: openai.OpenAI, tiny_url: str) -> None:
