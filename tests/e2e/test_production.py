@@ -310,5 +310,7 @@ def test_access_log_line_and_startup_logs(guarded: ServerProcess) -> None:
     assert ready["models"][0]["admission_limit"] == SLOTS and ready["seconds"] > 0
     # The startup heap (torch, vLLM, the tokenizer) is kept out of the collector's walks.
     assert ready["gc_frozen_objects"] > 100_000
+    # vLLM's environment variables are read once, not at every generated token.
+    assert ready["vllm_envs_cached"] is True
     engine = next(x for x in starts if x["msg"] == "engine ready")
     assert engine["kv_cache_tokens"] > 0 and engine["tp"] == 1 and engine["pp"] == 1
