@@ -187,8 +187,9 @@ class ChatService:
         request = prep.request
         syntax = prep.model.chat_format.tool_calls
         n = request.n or 1
-        held = {i: "" for i in range(n)}  # text that may still become a tool call
+        held: dict[int, list[str]] = {i: [] for i in range(n)}  # may still become a call
         holding = dict.fromkeys(range(n), prep.wants_tools)
+        settled = dict.fromkeys(range(n), False)  # held text that begins a call: keep holding
         states: dict[int, ChoiceState] = {}
         last = None
         template = ChunkTemplate(ChatCompletionChunk, prep.envelope)
@@ -199,10 +200,14 @@ class ChatService:
             last = out
             i = state.index
             if holding[i]:
-                held[i] += text
-                if syntax.could_be_prefix(held[i]):
+                held[i].append(text)
+                if settled[i]:
                     continue
-                holding[i], text, held[i] = False, held[i], ""
+                verdict = syntax.prefix_verdict("".join(held[i]))
+                if verdict is not None:
+                    settled[i] = verdict
+                    continue
+                holding[i], text, held[i] = False, "".join(held[i]), []
             if text or logprobs:
                 lp = ChoiceLogprobs(content=logprobs) if request.logprobs else None
                 yield template.encode(chat_content_choice(i, text, lp))
@@ -211,7 +216,8 @@ class ChatService:
         outcome = Outcome(states, last)
         finals = []
         for i in sorted(states):
-            finals.append(self._final_chunk_choice(prep, states[i], held[i] if holding[i] else ""))
+            rest = "".join(held[i]) if holding[i] else ""
+            finals.append(self._final_chunk_choice(prep, states[i], rest))
         include_usage = request.include_usage
         # The final chunk carries finish_reason and time_info, and usage as Cerebras sends it;
         # when the client asks for OpenAI's usage chunk, usage goes there only: clients that

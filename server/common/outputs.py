@@ -43,10 +43,20 @@ class ChoiceState:
     """What one choice has produced so far."""
 
     index: int
-    text: str = ""
     num_tokens: int = 0
     finish_reason: Literal["stop", "length"] | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # The text's pieces, joined when read: ``text += piece`` on an attribute copies the whole
+    # text every time (CPython extends a string in place only in a local variable), which
+    # made a 32,000-token answer cost about 0.2 s of event loop.
+    _pieces: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """All the text so far."""
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     def add(
         self, output: CompletionOutput, top_logprobs: int | None, tokenizer: TokenizerLike
@@ -57,7 +67,7 @@ class ChoiceState:
                 f"The engine ended the request itself ({output.finish_reason}) before it "
                 "finished; retry it.",
             )
-        self.text += output.text
+        self._pieces.append(output.text)
         self.num_tokens += len(output.token_ids)
         if output.finish_reason is not None:
             self.finish_reason = "length" if output.finish_reason == "length" else "stop"

@@ -38,8 +38,9 @@ class _Choice:
     state: ChoiceState
     offset: int
     """Where the next token's text starts in the prompt followed by the completion."""
-    text: str = ""
-    """The text so far, after the echoed prompt when echo is set."""
+    pieces: list[str] = field(default_factory=list)
+    """The text so far, after the echoed prompt when echo is set, in pieces (as
+    ``ChoiceState``'s: joined once, not copied per token)."""
     logprobs: CompletionLogprobs | None = None
     tokens: list[int] = field(default_factory=list)
     cached_tokens: int = 0
@@ -140,7 +141,7 @@ class CompletionService:
                     logprobs = new_logprobs
                 elif new_logprobs is not None:
                     logprobs.extend(new_logprobs)
-                choice.text += text
+                choice.pieces.append(text)
                 if choice.logprobs is not None and logprobs is not None:
                     choice.logprobs.extend(logprobs)
                 tokens = list(output.token_ids) if request.return_raw_tokens else None
@@ -188,7 +189,7 @@ def _final(prep: PreparedCompletion, choice: _Choice, *, full: bool) -> Completi
     last chunk)."""
     return CompletionChoice(
         index=choice.state.index,
-        text=choice.text if full else "",
+        text="".join(choice.pieces) if full else "",
         logprobs=choice.logprobs if full else None,
         finish_reason=choice.state.finish_reason or "stop",
         tokens=choice.tokens if full and prep.request.return_raw_tokens else None,

@@ -215,6 +215,25 @@ def test_every_prefix_of_a_call_is_held(text: str) -> None:
     assert all(could_be_call_prefix(text[:i]) for i in range(len(text) + 1))
 
 
+@pytest.mark.parametrize("text", ACCEPTED)
+def test_a_settled_prefix_stays_settled(text: str) -> None:
+    """Once the first key is whole, every longer prefix still may be a call: the streamer
+    stops looking (a long call is not rescanned at every token)."""
+    verdicts = [LLAMA3_JSON.prefix_verdict(text[:i]) for i in range(len(text) + 1)]
+    first = verdicts.index(True)
+    assert all(v is True for v in verdicts[first:])
+    assert all(v is False for v in verdicts[:first])
+    assert LLAMA3_JSON.prefix_verdict(text[:first] + " anything at all") is True
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [("", False), ('{"na', False), ('{"name"', True), ('{"answer', None), ("Hello", None)],
+)
+def test_prefix_verdict(text: str, verdict: bool | None) -> None:
+    assert LLAMA3_JSON.prefix_verdict(text) is verdict
+
+
 # ---------------------------------------------------------------- rendering history
 
 

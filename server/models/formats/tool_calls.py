@@ -113,27 +113,35 @@ class JsonToolCalls:
         A necessary condition only (the streamer holds text back while it is True): every
         prefix of an accepted answer passes, so streamed and non-streamed answers agree.
         """
+        return self.prefix_verdict(text) is not None
+
+    def prefix_verdict(self, text: str) -> bool | None:
+        """:meth:`could_be_prefix` in three: None when ``text`` cannot become a call, True when
+        it begins a call's first key whole (nothing appended changes that, so a streamer need
+        not look again), False while it may or may not."""
         s = text.lstrip()
         if self.tag.startswith(s):
-            return True
+            return False
         if s.startswith(self.tag):
             s = s[len(self.tag) :].lstrip()
         if not s:
-            return True
+            return False
         if s[0] == "[":
             s = s[1:].lstrip()
             if not s:
-                return True
+                return False
         if s[0] != "{":
-            return False
+            return None
         s = s[1:].lstrip()
         if not s:
-            return True
-        if s[0] != '"':
             return False
+        if s[0] != '"':
+            return None
         # The first key must be (a prefix of) one of the keys a call may have.
         key, closed, _ = s[1:].partition('"')
-        return key in self.keys if closed else any(k.startswith(key) for k in self.keys)
+        if closed:
+            return True if key in self.keys else None
+        return False if any(k.startswith(key) for k in self.keys) else None
 
     def _call_objects(self, text: str) -> list[Any]:
         """The JSON values of an answer made only of calls: one object, several objects separated
