@@ -8,18 +8,26 @@ around each. The medians give the CPU per request at one token and per 1,000 tok
 ``--output-len``; their difference over the extra tokens, the CPU per token::
 
     python -m benchmarks.api_cpu --rounds 4 --requests 64 --concurrency 16
+
+With ``--layers`` the server runs under :mod:`benchmarks.layer_clock`, and each round at
+``--output-len`` also prints the CPU per output token of each clocked layer (vLLM's output
+processing, its stat loggers, uvicorn's send) and of each thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -66,6 +74,26 @@ def _wait_healthy(base: str) -> None:
     raise SystemExit("the server did not start")
 
 
+def _layers(path: Path) -> dict[str, Any]:
+    """The layer clock's totals, once it has written them after now."""
+    time.sleep(1.5)  # it writes each second
+    return json.loads(path.read_text())
+
+
+def _print_layers(before: dict[str, Any], after: dict[str, Any], tokens: int) -> None:
+    def us(seconds: float) -> str:
+        return f"{seconds / tokens * 1e6:7.1f} us a token"
+
+    for name, (seconds, calls) in after["layers"].items():
+        spent, n = seconds - before["layers"].get(name, [0.0, 0])[0], calls
+        n -= before["layers"].get(name, [0.0, 0])[1]
+        print(f"  {name:42s} {us(spent)}  ({n} calls)")
+    for thread, seconds in after["threads"].items():
+        spent = seconds - before["threads"].get(thread, 0.0)
+        if spent > 0:
+            print(f"  thread {thread:35s} {us(spent)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8123)
@@ -74,10 +102,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--server-args", default="--eager")
+    parser.add_argument("--layers", action="store_true", help="clock the token path's layers")
     args = parser.parse_args()
-    command = [sys.executable, "-m", "server", "--model", "smollm2-135m"]
+    totals = Path(tempfile.mkdtemp()) / "layers.json"
+    runner = ["benchmarks.layer_clock"] if args.layers else ["server"]
+    command = [sys.executable, "-m", *runner, "--model", "smollm2-135m"]
     command += ["--port", str(args.port), *args.server_args.split()]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = os.environ | {"LAYER_CLOCK_OUT": str(totals)}
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     try:
         base = f"http://127.0.0.1:{args.port}"
         _wait_healthy(base)
@@ -87,9 +121,12 @@ def main() -> None:
         for r in range(args.rounds):
             order = (1, args.output_len) if r % 2 == 0 else (args.output_len, 1)
             for max_tokens in order:
+                layers = _layers(totals) if args.layers else None
                 before = _cpu_seconds(server.pid)
                 asyncio.run(_load(url, args.requests, args.concurrency, max_tokens, r))
                 spent = (_cpu_seconds(server.pid) - before) / args.requests
+                if layers is not None and max_tokens > 1:
+                    _print_layers(layers, _layers(totals), args.requests * max_tokens)
                 per_request[max_tokens].append(spent)
                 print(
                     f"round {r} max_tokens {max_tokens}: {spent * 1000:.2f} ms of API CPU a "
