@@ -42,8 +42,9 @@ def one_seq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 
 
 @pytest.fixture(scope="module")
-def client(one_seq: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{one_seq.base_url}/v1", api_key="none", max_retries=0)
+def client(one_seq: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{one_seq.base_url}/v1", api_key="none", max_retries=0) as c:
+        yield c
 
 
 def long_prefix() -> str:

@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Iterator
 
 import cerebras.cloud.sdk
 import jsonschema
@@ -16,6 +17,7 @@ from cerebras.cloud.sdk import Cerebras
 
 from benchmarks import schema_e2e
 from tests.conftest import STRUCTURED_BACKENDS, backend_server, backend_url
+from tests.support.probes import short_request
 from tests.support.serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -71,13 +73,15 @@ def tiny_url(request: pytest.FixtureRequest, backend: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def smol(smol_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+def smol(smol_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0)
+def tiny(tiny_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def test_json_object_always_parses(smol: openai.OpenAI) -> None:
@@ -162,18 +166,14 @@ def test_invalid_schema_is_400(smol: openai.OpenAI) -> None:
     assert err.value.body["param"] == "response_format"
 
 
-def plain_seconds(smol: openai.OpenAI, server: ServerProcess) -> float:
+def plain_seconds(server: ServerProcess) -> float:
     """The server's time for a short request, checked to be answered in full."""
-    request_id = f"plain-{uuid.uuid4().hex[:12]}"
-    r = smol.chat.completions.create(
-        model=SMOL,
-        messages=ask("hi"),
-        max_tokens=8,
-        extra_body={"ignore_eos": True},
-        extra_headers={"x-request-id": request_id},
-    )
-    assert r.choices[0].message.content and r.usage.completion_tokens == 8
-    return server.seconds(request_id)
+    r, seconds = short_request(server, SMOL)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens"] == 8
+    return seconds
 
 
 def test_pathological_schema_is_400_fast_and_others_still_served(
@@ -184,7 +184,7 @@ def test_pathological_schema_is_400_fast_and_others_still_served(
     fuel limits and may serve it. Meanwhile short requests go on being answered in full."""
     evil = {"type": "object", "properties": {"x": {"type": "string", "pattern": "[ab]*a[ab]{20}"}},
             "required": ["x"]}  # fmt: skip
-    usual = min(plain_seconds(smol, smol_process) for _ in range(3))
+    usual = min(plain_seconds(smol_process) for _ in range(3))
     outcome: dict[str, object] = {}
 
     evil_id = f"evil-{uuid.uuid4().hex[:12]}"
@@ -205,9 +205,9 @@ def test_pathological_schema_is_400_fast_and_others_still_served(
 
     worker = threading.Thread(target=evil_request)
     worker.start()
-    during = [plain_seconds(smol, smol_process)]
+    during = [plain_seconds(smol_process)]
     while worker.is_alive():
-        during.append(plain_seconds(smol, smol_process))
+        during.append(plain_seconds(smol_process))
     worker.join()
     elapsed = smol_process.seconds(evil_id)  # by the server's clock: this process may stall
     slowest = max(during)

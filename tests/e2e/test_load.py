@@ -15,14 +15,13 @@ import random
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from tests.support.loadgen import KINDS, rss_mib, run_mix
-from tests.support.probes import engine_requests, wait_idle
+from tests.support.probes import engine_requests, short_request, wait_idle
 from tests.support.reliability_options import size
 from tests.support.serverproc import ServerProcess
 from tests.support.stats import record
@@ -60,22 +59,6 @@ def binomial_ceiling(n: int, rate: float, alpha: float = FALSE_ALARM) -> int:
             return k
         k += 1
     return n
-
-
-SHORT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
-
-
-def short_request(server: ServerProcess) -> tuple[httpx.Response, float]:
-    """A short request and the server's time for it: by its own clock (the access log), as
-    the test process may stall while the server goes on (README, Development)."""
-    request_id = f"probe-{uuid.uuid4().hex[:12]}"
-    r = httpx.post(
-        f"{server.base_url}/v1/chat/completions",
-        json=SHORT | {"ignore_eos": True},
-        headers={"x-request-id": request_id},
-        timeout=60,
-    )
-    return r, server.seconds(request_id)
 
 
 def probe_seconds(server: ServerProcess, repeat: int = 3) -> float:

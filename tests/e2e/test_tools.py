@@ -9,6 +9,7 @@ choices must still yield calls that validate, because they are constrained by th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import cerebras.cloud.sdk
@@ -68,8 +69,9 @@ def tiny_url(request: pytest.FixtureRequest, backend: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0)
+def client(tiny_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{tiny_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def assert_valid_calls(calls: list, names: set[str]) -> None:

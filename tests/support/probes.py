@@ -4,16 +4,19 @@ on them (a test waits for the state it needs instead of sleeping and hoping)."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 import httpx
 
 from tests.support.metrics_text import labels_of, series_values
+from tests.support.serverproc import ServerProcess
 
 __all__ = [
     "engine_requests",
     "gauge",
     "inflight_requests",
+    "short_request",
     "wait_idle",
     "wait_until",
 ]
@@ -29,6 +32,24 @@ def gauge(url: str, name: str, labels: str = "", headers: dict[str, str] | None 
     if len(values) != 1:
         raise AssertionError(f"{len(values)} series {name}{{{labels}}} in /metrics")
     return values[0]
+
+
+def short_request(server: ServerProcess, model: str = MODEL) -> tuple[httpx.Response, float]:
+    """An 8-token answer to "Hi" and the server's time for it: by its own clock (the access
+    log), as the test process may stall while the server goes on (README, Development)."""
+    request_id = f"probe-{uuid.uuid4().hex[:12]}"
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 8,
+            "ignore_eos": True,
+        },
+        headers={"x-request-id": request_id},
+        timeout=60,
+    )
+    return r, server.seconds(request_id)
 
 
 def engine_requests(url: str, model: str = MODEL, headers: dict[str, str] | None = None) -> int:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class ServerProcess:
     proc: subprocess.Popen
     port: int
     log_path: Path
+    _json_lines: list[str] = field(default_factory=list, repr=False)
+    """The log's JSON lines read so far: each read takes only what was written since."""
+    _read_to: int = 0
 
     @property
     def base_url(self) -> str:
@@ -49,11 +52,23 @@ class ServerProcess:
         needle = json.dumps({field: value})[1:-1]  # '"field": "value"', as the log writes it
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            for text in self.log().splitlines():
-                if text.startswith("{") and needle in text:
+            for text in reversed(self._new_json_lines()):  # a request just answered: near the end
+                if needle in text:
                     return json.loads(text)
             time.sleep(0.2)
         raise AssertionError(f"no log line with {needle} after {wait} s")
+
+    def _new_json_lines(self) -> list[str]:
+        """Every JSON line of the log so far, reading only the whole lines written since the
+        last call (the session server's log grows to megabytes; its probes ask each second)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._read_to)
+            new = log.read()
+        whole = new[: new.rfind(b"\n") + 1]  # a line still being written waits for the next
+        self._read_to += len(whole)
+        lines = whole.decode(errors="replace").split("\n")
+        self._json_lines += [line for line in lines if line.startswith("{")]
+        return self._json_lines
 
     def seconds(self, request_id: str) -> float:
         """How long the server took over a request, by its own clock (the access log's
