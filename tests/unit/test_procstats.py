@@ -44,3 +44,16 @@ def test_output_tokens_per_api_cpu_second() -> None:
     assert figures["api_cpu_s_per_1k_tokens"] == 0.5
     assert figures["output_tokens_per_api_cpu_s"] == 2000.0
     assert process_figures([0.0, 1.0], 10, last)["output_tokens_per_api_cpu_s"] is None
+
+
+def test_the_layer_clock_finds_every_layer_in_the_pinned_vllm() -> None:
+    """``benchmarks.layer_clock`` wraps these by name: a vLLM that renamed one would leave
+    the benchmark clocking nothing for it."""
+    import importlib
+
+    from benchmarks.layer_clock import LAYERS, thread_seconds
+
+    for module, cls, method in LAYERS:
+        assert callable(getattr(getattr(importlib.import_module(module), cls), method))
+    threads = thread_seconds(os.getpid())
+    assert threads and all(seconds >= 0 for seconds in threads.values())
