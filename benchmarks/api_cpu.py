@@ -31,12 +31,16 @@ from typing import Any
 
 import httpx
 
+from benchmarks.procstats import cpu_seconds
+
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    seconds = cpu_seconds(pid)
+    if seconds is None:
+        raise SystemExit("the server exited")
+    return seconds
 
 
 async def _load(url: str, requests: int, concurrency: int, max_tokens: int, seed: int) -> None:
@@ -85,9 +89,8 @@ def _print_layers(before: dict[str, Any], after: dict[str, Any], tokens: int) ->
         return f"{seconds / tokens * 1e6:7.1f} us a token"
 
     for name, (seconds, calls) in after["layers"].items():
-        spent, n = seconds - before["layers"].get(name, [0.0, 0])[0], calls
-        n -= before["layers"].get(name, [0.0, 0])[1]
-        print(f"  {name:42s} {us(spent)}  ({n} calls)")
+        seconds_before, calls_before = before["layers"].get(name, [0.0, 0])
+        print(f"  {name:42s} {us(seconds - seconds_before)}  ({calls - calls_before} calls)")
     for thread, seconds in after["threads"].items():
         spent = seconds - before["threads"].get(thread, 0.0)
         if spent > 0:

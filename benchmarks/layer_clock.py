@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.procstats import thread_cpu_seconds
+
 LAYERS: list[tuple[str, str, str]] = [
     # (module, class, method): sync functions, each timed alone
     ("vllm.v1.serial_utils", "MsgpackDecoder", "decode"),
@@ -38,6 +40,13 @@ building each ``RequestOutput``); ``record`` is the stat loggers' work per engin
 _totals: dict[str, list[float]] = {}
 
 
+def _count(name: str, started: float) -> None:
+    """One call of ``name`` that began at thread time ``started``, in the totals."""
+    total = _totals.setdefault(name, [0.0, 0])
+    total[0] += time.thread_time() - started
+    total[1] += 1
+
+
 def _clocked(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def clocked(*args: Any, **kwargs: Any) -> Any:
@@ -45,9 +54,7 @@ def _clocked(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         finally:
-            total = _totals.setdefault(name, [0.0, 0])
-            total[0] += time.thread_time() - started
-            total[1] += 1
+            _count(name, started)
 
     return clocked
 
@@ -65,31 +72,14 @@ def _clock_uvicorn_send() -> None:
         try:
             await send(self, message)
         finally:
-            total = _totals.setdefault("uvicorn send " + message["type"], [0.0, 0])
-            total[0] += time.thread_time() - started
-            total[1] += 1
+            _count("uvicorn send " + message["type"], started)
 
     cycle.send = clocked  # type: ignore[method-assign]
 
 
-def thread_seconds(pid: int) -> dict[str, float]:
-    """CPU-seconds of each thread of ``pid`` (``tid:name``)."""
-    seconds = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                text = stat.read()
-        except OSError:
-            continue  # the thread ended
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        seconds[f"{tid}:{name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return seconds
-
-
 def _write_totals(path: str) -> None:
     while True:
-        snapshot = {"layers": _totals, "threads": thread_seconds(os.getpid())}
+        snapshot = {"layers": _totals, "threads": thread_cpu_seconds(os.getpid())}
         with open(path + ".tmp", "w") as out:
             json.dump(snapshot, out)
         os.replace(path + ".tmp", path)

@@ -25,6 +25,7 @@ __all__ = [
     "is_api_process",
     "sample",
     "status_kib",
+    "thread_cpu_seconds",
 ]
 
 PROC = Path("/proc")
@@ -39,16 +40,38 @@ def _ticks_per_second() -> int:
         return 100
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU seconds of ``pid`` itself, or ``None`` if it is gone."""
+def _stat(path: Path) -> tuple[str, float] | None:
+    """The command name and user plus system CPU seconds in a ``stat`` file of ``/proc`` (a
+    process's or a thread's), or ``None`` if it is gone."""
     try:
-        text = (PROC / str(pid) / "stat").read_text()
+        text = path.read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    name = text[text.index("(") + 1 : text.rindex(")")]
     fields = text[text.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / _ticks_per_second()
+    return name, (utime + stime) / _ticks_per_second()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of ``pid`` itself, or ``None`` if it is gone."""
+    stat = _stat(PROC / str(pid) / "stat")
+    return None if stat is None else stat[1]
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User plus system CPU seconds of each live thread of ``pid``, by ``tid:name``."""
+    seconds: dict[str, float] = {}
+    try:
+        tasks = list((PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return seconds
+    for task in tasks:
+        stat = _stat(task / "stat")
+        if stat is not None:  # else the thread ended
+            seconds[f"{task.name}:{stat[0]}"] = stat[1]
+    return seconds
 
 
 def descendants(pid: int) -> list[int]:
