@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import threading
 import time
 from collections import Counter
@@ -175,7 +174,10 @@ def test_sigterm_drains_both_processes_with_nothing_lost(server: ServerProcess) 
     # The signal comes from a probe process once all eight are in flight: this process may
     # stall long enough for the streams to end first (CI saw it).
     probe = signal_probe.start(
-        server.base_url, server.proc.pid, at_least=streams, processes=PROCESSES
+        server.base_url,
+        pid=server.proc.pid,
+        at_least=streams,
+        processes=PROCESSES,
     )
     threads = [threading.Thread(target=stream) for _ in range(streams)]
     for thread in threads:
@@ -210,18 +212,18 @@ def test_engine_death_turns_health_503_on_both_processes_and_exits_1(
         for p in psutil.Process(doomed.proc.pid).children()
         if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
     ]
-    # The kill, and /health on each process in the seconds before the server exits, come from
-    # a probe process: this one may stall through both (CI saw it).
-    probe = signal_probe.start(
-        doomed.base_url, core.pid, gauge=None, sig=signal.SIGKILL, processes=PROCESSES
-    )
+    # /health on each process in the seconds before the server exits is watched by a probe
+    # process: this one may stall through them (CI saw it). The kill comes from here, the
+    # moment the stream is generating: handed to the probe, it once came after the stream's
+    # 3,000 tokens.
+    probe = signal_probe.start(doomed.base_url, processes=PROCESSES)
     url = f"{doomed.base_url}/v1/chat/completions"
     with httpx.stream("POST", url, json=_stream_body(3000), timeout=120) as r:
         lines = r.iter_lines()
         head = []
         while len(sse_data(head)) < 2:  # the role chunk and a token: generating
             head.append(next(lines))
-        signal_probe.go(probe)
+        core.kill()
         events = sse_data(head + list(lines))
     seen = signal_probe.report(probe)
     code = doomed.proc.wait(60)

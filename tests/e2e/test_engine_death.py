@@ -3,7 +3,6 @@ then [DONE]), /health answers 503, and the process exits non-zero for a restart.
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -54,11 +53,11 @@ def test_engine_death_fails_requests_turns_health_503_and_exits_non_zero(
         "ignore_eos": True,
     }
     plain: dict[str, Any] = {}
-    # The kill and /health in the seconds before the server exits come from a probe process:
-    # this one may stall through both (CI saw it).
-    probe = signal_probe.start(
-        server.base_url, engine_core(server.proc.pid).pid, gauge=None, sig=signal.SIGKILL
-    )
+    core = engine_core(server.proc.pid)
+    # /health in the seconds before the server exits is watched by a probe process: this one
+    # may stall through them (CI saw it). The kill comes from here, the moment both requests
+    # are generating (handed to the probe, it could come after they ended).
+    probe = signal_probe.start(server.base_url)
     post = threading.Thread(target=lambda: plain.update(r=httpx.post(url, json=body, timeout=120)))
     post.start()
     wait_until(lambda: engine_requests(server.base_url) == 1, 60, "the plain request generating")
@@ -69,7 +68,7 @@ def test_engine_death_fails_requests_turns_health_503_and_exits_non_zero(
             head.append(next(lines))
         # The engine dies while both the stream and the plain request are generating.
         assert engine_requests(server.base_url) == 2
-        signal_probe.go(probe)
+        core.kill()
         events = sse_data(head + list(lines))
     post.join(60)
     seen = signal_probe.report(probe)

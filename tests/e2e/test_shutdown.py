@@ -70,7 +70,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(server: ServerPr
     wait_until(lambda: inflight_requests(server.base_url) == 1, 60, "the upload started")
     # The signal comes from a probe process once all three are in flight: this process may
     # stall long enough for the requests to end first (CI saw it).
-    probe = signal_probe.start(server.base_url, server.proc.pid, at_least=3)
+    probe = signal_probe.start(server.base_url, pid=server.proc.pid, at_least=3)
     workers = [
         threading.Thread(
             target=lambda: plain.update(

@@ -1,6 +1,6 @@
-"""A signal to a server's process the moment a gauge of its /metrics reaches a value (or the
-test says so), sent by a small process of its own, which then reports the first /health
-answer that is not 200 from each API process.
+"""A small process that watches a server's /health on each API process and reports the first
+answer that is not 200 from each; it may also send a signal to a server's process the moment a
+gauge of its /metrics reaches a value.
 
 Drain and engine-death tests must act while requests are still running, then see /health
 answer 503 in the seconds before the server exits. The test process is no place to wait for
@@ -9,8 +9,14 @@ seconds of output at once; streams it meant to interrupt had ended). This proces
 the standard library and sleeps between polls, so it acts on time; the test reads its report
 whenever it gets to it.
 
-From a test: :func:`start`, :func:`go` when there is no gauge to wait for, then
-:func:`report`.
+It holds one kept-alive connection to each API process, made at its start while the server is
+idle (a new connection goes to the least loaded process, so a few tries reach each one), and
+polls them from then on (uvicorn closes a connection idle for 5 s). :func:`start` returns once
+they are made, so a test may act at once. An engine-death test kills the core itself the moment
+its stream is generating: when the kill was handed to this process, a CI stream ran its 3,000
+tokens to the end first (a 116 s test; the hand-off pinned the connections before killing).
+
+From a test: :func:`start`, then :func:`report`.
 """
 
 from __future__ import annotations
@@ -28,37 +34,36 @@ from urllib.parse import urlsplit
 
 from tests.support.metrics_text import series_values
 
-__all__ = ["go", "report", "start"]
+__all__ = ["report", "start"]
 
 POLL_SECONDS = 0.05
 TIMEOUT = 300.0
 PROCESS_HEADER = "x-api-process"
+PINNED = "pinned"
 
 
 def start(
     base_url: str,
-    pid: int,
     *,
-    gauge: str | None = "llama_serve_inflight_requests",
-    at_least: int = 1,
+    pid: int | None = None,
     sig: signal.Signals = signal.SIGTERM,
+    gauge: str = "llama_serve_inflight_requests",
+    at_least: int = 1,
     processes: int = 1,
 ) -> subprocess.Popen[str]:
-    """The probe, started: it sends ``sig`` to ``pid`` once ``gauge`` (summed over its series)
-    is at least ``at_least``, or with no gauge once :func:`go` is called; then it watches
-    /health on each of ``processes`` API processes."""
-    command = [sys.executable, "-m", "tests.support.signal_probe", base_url, str(pid)]
-    if gauge is not None:
+    """The probe, started and holding a connection to each of ``processes`` API processes.
+    Given a ``pid``, it sends it ``sig`` once ``gauge`` (summed over its series) is at least
+    ``at_least``."""
+    command = [sys.executable, "-m", "tests.support.signal_probe", base_url]
+    command += ["--processes", str(processes)]
+    if pid is not None:
+        command += ["--pid", str(pid), "--signal", sig.name]
         command += ["--gauge", gauge, "--at-least", str(at_least)]
-    command += ["--signal", sig.name, "--processes", str(processes)]
-    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-
-def go(probe: subprocess.Popen[str]) -> None:
-    """Tell a probe with no gauge to act now."""
-    assert probe.stdin is not None
-    probe.stdin.write("go\n")
-    probe.stdin.flush()
+    probe = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert probe.stdout is not None
+    line = probe.stdout.readline().strip()
+    assert line == PINNED, f"the probe did not start: {line!r}"
+    return probe
 
 
 def report(probe: subprocess.Popen[str], timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -84,53 +89,71 @@ def _gauge(host: str, port: int, name: str) -> float:
     return sum(series_values(text, name))
 
 
-def _pinned(host: str, port: int, processes: int) -> dict[str, http.client.HTTPConnection]:
-    """One kept-alive connection to each API process (a new connection goes to the least
-    loaded one, so a few tries reach them all)."""
+def _pinned(host: str, port: int, indexes: list[str]) -> dict[str, http.client.HTTPConnection]:
+    """One kept-alive connection to each API process in ``indexes`` (a new connection goes to
+    the least loaded one, so a few tries reach them all)."""
     pinned: dict[str, http.client.HTTPConnection] = {}
     for _ in range(50):
         conn = http.client.HTTPConnection(host, port, timeout=10)
         index = _get(conn, "/health")[2]
-        if index in pinned:
+        if index in pinned or index not in indexes:
             conn.close()
         else:
             pinned[index] = conn
-        if len(pinned) == processes:
+        if len(pinned) == len(indexes):
             return pinned
-    raise SystemExit(f"reached only API processes {sorted(pinned)}")
+    raise SystemExit(f"reached only API processes {sorted(pinned)} of {indexes}")
+
+
+def _watch(
+    host: str, port: int, pinned: dict[str, http.client.HTTPConnection], health: dict[str, Any]
+) -> None:
+    """One /health poll of each process not yet seen answering other than 200. A connection
+    the server closed (this process stalled past uvicorn's keep-alive) is made again."""
+    for index, conn in list(pinned.items()):
+        if index in health:
+            continue
+        try:
+            status, body, _ = _get(conn, "/health")
+        except OSError:
+            conn.close()
+            try:
+                pinned.update(_pinned(host, port, [index]))
+                status, body, _ = _get(pinned[index], "/health")
+            except OSError as exc:  # the server went before this process saw it answer
+                raise SystemExit(f"API process {index}: {exc!r}; seen so far: {health}") from exc
+        if status != 200:
+            health[index] = {"status": status, "body": json.loads(body)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("base_url")
-    parser.add_argument("pid", type=int)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--pid", type=int)
+    parser.add_argument("--signal")
     parser.add_argument("--gauge")
     parser.add_argument("--at-least", type=int, default=1)
-    parser.add_argument("--signal", required=True)
-    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
     url = urlsplit(args.base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
 
+    pinned = _pinned(host, port, [str(i) for i in range(args.processes)])
+    print(PINNED, flush=True)
+    health: dict[str, Any] = {}
     value = None
-    if args.gauge is None:
-        if sys.stdin.readline().strip() != "go":
-            raise SystemExit("never told to go")
-    else:
-        deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + TIMEOUT
+    if args.pid is not None:
         while (value := _gauge(host, port, args.gauge)) < args.at_least:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{args.gauge} never reached {args.at_least} (last {value:g})")
+            _watch(host, port, pinned, health)  # keeps the connections alive
             time.sleep(POLL_SECONDS)
-    pinned = _pinned(host, port, args.processes)
-    os.kill(args.pid, signal.Signals[args.signal])
-    health: dict[str, Any] = {}
+        os.kill(args.pid, signal.Signals[args.signal])
     while len(health) < len(pinned):
-        for index, conn in pinned.items():
-            if index not in health:
-                status, body, _ = _get(conn, "/health")
-                if status != 200:
-                    health[index] = {"status": status, "body": json.loads(body)}
+        if time.monotonic() > deadline:
+            raise SystemExit(f"/health answered only 200 on API processes {sorted(pinned)}")
+        _watch(host, port, pinned, health)
         time.sleep(POLL_SECONDS)
     print(json.dumps({"gauge": value, "health": health}))
 
