@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import openai
 import pytest
 from cerebras.cloud.sdk import Cerebras
 
 # --soak-requests and the other sizes of the reliability tests:
+from tests.support.closing import Closing, closing_on
 from tests.support.reliability_options import pytest_addoption, pytest_configure  # noqa: F401
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.stalls import StallWatch
@@ -128,3 +130,9 @@ def client(smol_url: str) -> Iterator[openai.OpenAI]:
 def cerebras(smol_url: str) -> Iterator[Cerebras]:
     with Cerebras(base_url=smol_url, api_key="unused", max_retries=0) as sdk:
         yield sdk
+
+
+@pytest.fixture
+def closing() -> Iterator[Closing]:
+    with ExitStack() as stack:
+        yield closing_on(stack)

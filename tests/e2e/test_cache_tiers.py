@@ -24,6 +24,7 @@ import openai
 import pytest
 from cerebras.cloud.sdk import Cerebras
 
+from tests.support.closing import Closing
 from tests.support.probes import engine_requests, wait_idle, wait_until
 from tests.support.serverproc import ServerProcess, preset_file, start_server
 
@@ -129,8 +130,8 @@ def test_streamed_usage_reports_cached_tokens(
         assert_cached(usages[0], one_seq)
 
 
-def test_cerebras_sdk_reads_cached_tokens(one_seq: ServerProcess) -> None:
-    cerebras = Cerebras(base_url=one_seq.base_url, api_key="none", max_retries=0)
+def test_cerebras_sdk_reads_cached_tokens(one_seq: ServerProcess, closing: Closing) -> None:
+    cerebras = closing(Cerebras(base_url=one_seq.base_url, api_key="none", max_retries=0))
     prefix = long_prefix()
     cerebras.chat.completions.create(**ask(prefix, "How many lines?"))
     r: Any = cerebras.chat.completions.create(**ask(prefix, "Last?"), prompt_cache_key="k")

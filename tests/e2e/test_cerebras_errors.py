@@ -29,6 +29,7 @@ from cerebras.cloud.sdk import (
 )
 
 from tests.support.cerebras_sdk import raised
+from tests.support.closing import Closing
 from tests.support.probes import gauge, wait_until
 from tests.support.serverproc import ServerProcess, preset_file, start_server
 from tests.support.sse import next_event
@@ -104,16 +105,17 @@ def test_sdk_raises_the_class_of_the_status(
     kind: type[APIStatusError],
     status: int,
     fields: dict[str, Any],
+    closing: Closing,
 ) -> None:
-    error = raised(create(client(guarded), **fields))
+    error = raised(create(closing(client(guarded)), **fields))
     # The SDK has no class of its own for 413: the base class, as against Cerebras.
     assert type(error) is kind and error.status_code == status
     # A stream's error comes with HTTP 200: the class can only come from the body's status_code.
     assert error.response.status_code == (200 if name == "failed_mid_stream" else status)
 
 
-def test_wrong_key_is_authentication_error(guarded: ServerProcess) -> None:
-    wrong = client(guarded, key="sk-wrong")
+def test_wrong_key_is_authentication_error(guarded: ServerProcess, closing: Closing) -> None:
+    wrong = closing(client(guarded, key="sk-wrong"))
     error = raised(create(wrong))
     assert type(error) is AuthenticationError and error.status_code == 401
     assert type(raised(wrong.models.list)) is AuthenticationError
@@ -144,9 +146,10 @@ def holding_every_slot(url: str) -> Iterator[list[Iterator[str]]]:
         yield readers
 
 
-def test_queue_full_is_rate_limit_error(guarded: ServerProcess) -> None:
+def test_queue_full_is_rate_limit_error(guarded: ServerProcess, closing: Closing) -> None:
+    sdk = closing(client(guarded))
     with holding_every_slot(guarded.base_url) as held:
-        error = raised(create(client(guarded)))
+        error = raised(create(sdk))
         # Both slots were still held: each stream goes on with chunks, not an error.
         for lines in held:
             assert "error" not in next_event(lines)
@@ -159,11 +162,13 @@ def test_queue_full_is_rate_limit_error(guarded: ServerProcess) -> None:
         30,
         "both held slots released",
     )
-    assert create(client(guarded))().choices[0].message.content
+    assert create(sdk)().choices[0].message.content
 
 
-def test_a_client_pinned_to_a_version_patch_is_served(guarded: ServerProcess) -> None:
-    pinned = client(guarded, default_headers={"X-Cerebras-Version-Patch": "2"})
+def test_a_client_pinned_to_a_version_patch_is_served(
+    guarded: ServerProcess, closing: Closing
+) -> None:
+    pinned = closing(client(guarded, default_headers={"X-Cerebras-Version-Patch": "2"}))
     answer = pinned.chat.completions.with_raw_response.create(
         model=MODEL, messages=HELLO, max_tokens=8, extra_headers={"x-request-id": "pinned-1"}
     )

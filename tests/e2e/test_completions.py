@@ -15,6 +15,7 @@ import pytest
 from cerebras.cloud.sdk import Cerebras
 from transformers import AutoTokenizer
 
+from tests.support.closing import Closing
 from tests.support.probes import engine_requests, wait_idle, wait_until
 from tests.support.serverproc import ServerProcess, model_dir
 from tests.support.timing import assert_measured_time_info
@@ -311,7 +312,9 @@ def tiny(tiny_url: str) -> Iterator[openai.OpenAI]:
         yield sdk
 
 
-def test_tiny_token_id_prompts_plain_and_streamed(tiny: openai.OpenAI, tiny_url: str) -> None:
+def test_tiny_token_id_prompts_plain_and_streamed(
+    tiny: openai.OpenAI, tiny_url: str, closing: Closing
+) -> None:
     # Ids from all over Llama 3.1's 128k vocabulary, the <|begin_of_text|> token first.
     prompts = [[128000, 9906, 1917, 0], [128000, 100000, 127999, 42, 7]]
     r = tiny.completions.create(
@@ -335,7 +338,7 @@ def test_tiny_token_id_prompts_plain_and_streamed(tiny: openai.OpenAI, tiny_url:
     single = tiny.completions.create(
         model=TINY, prompt=prompts[0], max_tokens=6, temperature=0, extra_body=IGNORE_EOS
     )
-    cb = Cerebras(base_url=tiny_url, api_key="unused", max_retries=0)
+    cb = closing(Cerebras(base_url=tiny_url, api_key="unused", max_retries=0))
     raw = cb.completions.create(
         model=TINY, prompt=prompts[0], max_tokens=6, temperature=0, return_raw_tokens=True,
         echo=True, logprobs=1, extra_body=IGNORE_EOS,

@@ -19,6 +19,7 @@ import pytest
 from cerebras.cloud.sdk import APIStatusError, Cerebras, InternalServerError
 
 from tests.support.cerebras_sdk import raised
+from tests.support.closing import Closing
 from tests.support.probes import engine_requests, wait_until
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.sse import sse_data
@@ -75,10 +76,10 @@ def test_request_timeout_gives_504_or_an_error_event(hurried: ServerProcess) -> 
 
 
 def test_cerebras_sdk_raises_internal_server_error_as_response_and_as_event(
-    hurried: ServerProcess,
+    hurried: ServerProcess, closing: Closing
 ) -> None:
     """Both at once: the 504 response, and the stream's 504 event after chunks."""
-    sdk = Cerebras(base_url=hurried.base_url, api_key="unused", max_retries=0)
+    sdk = closing(Cerebras(base_url=hurried.base_url, api_key="unused", max_retries=0))
     body = {"model": MODEL, "messages": HELLO, "max_tokens": LONG["max_tokens"]}
     extra = {"extra_body": {"ignore_eos": True}}
     errors: dict[str, APIStatusError] = {}

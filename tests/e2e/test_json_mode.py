@@ -17,6 +17,7 @@ from cerebras.cloud.sdk import Cerebras
 
 from benchmarks import schema_e2e
 from tests.conftest import STRUCTURED_BACKENDS, backend_server, backend_url
+from tests.support.closing import Closing
 from tests.support.probes import short_request
 from tests.support.serverproc import ServerProcess
 
@@ -105,9 +106,10 @@ def test_json_object_always_parses(smol: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(("url_fixture", "model"), [("smol_url", SMOL), ("tiny_url", TINY)])
 def test_json_schema_outputs_validate(request: pytest.FixtureRequest, url_fixture: str,
-                                      model: str, backend: str) -> None:  # fmt: skip
+                                      model: str, backend: str,
+                                      closing: Closing) -> None:  # fmt: skip
     url = request.getfixturevalue(url_fixture)
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    client = closing(openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0))
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
                                                    "strict": True}}  # fmt: skip
     for seed in range(4):
@@ -137,8 +139,8 @@ def test_truncated_json_is_400_with_failed_generation(smol: openai.OpenAI) -> No
     assert body["failed_generation"].startswith("{")
 
 
-def test_cerebras_sdk_sees_failed_generation(smol_url: str) -> None:
-    client = Cerebras(base_url=smol_url, api_key="unused", max_retries=0)
+def test_cerebras_sdk_sees_failed_generation(smol_url: str, closing: Closing) -> None:
+    client = closing(Cerebras(base_url=smol_url, api_key="unused", max_retries=0))
     with pytest.raises(cerebras.cloud.sdk.BadRequestError) as err:
         client.chat.completions.create(
             model=SMOL, messages=ask("A cat."), max_tokens=2, response_format=NEEDS_ROOM,

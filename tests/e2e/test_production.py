@@ -24,6 +24,7 @@ import pytest
 from cerebras.cloud.sdk import Cerebras
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.closing import Closing
 from tests.support.path_spellings import PATH_SPELLINGS
 from tests.support.probes import wait_until
 from tests.support.serverproc import ServerProcess, preset_file, start_server
@@ -131,9 +132,13 @@ def test_every_route_spelling_and_method_needs_a_key(guarded: ServerProcess) -> 
     assert slipped == []
 
 
-def test_with_a_key_the_answers_match_an_open_server(guarded: ServerProcess, smol_url: str) -> None:
-    keyed = openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key=KEY, max_retries=0)
-    open_ = openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+def test_with_a_key_the_answers_match_an_open_server(
+    guarded: ServerProcess, smol_url: str, closing: Closing
+) -> None:
+    def sdk(url: str, key: str) -> openai.OpenAI:
+        return closing(openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0))
+
+    keyed, open_ = sdk(guarded.base_url, KEY), sdk(smol_url, "unused")
     ask = {"model": MODEL, "messages": HELLO, "max_tokens": 24, "temperature": 0}
     a, b = keyed.chat.completions.create(**ask), open_.chat.completions.create(**ask)
     assert a.choices[0].message.content == b.choices[0].message.content
@@ -142,11 +147,11 @@ def test_with_a_key_the_answers_match_an_open_server(guarded: ServerProcess, smo
     text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert text == a.choices[0].message.content
     assert [m.id for m in keyed.models.list()] == [MODEL]
-    file_keyed = openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key=FILE_KEY, max_retries=0)
+    file_keyed = sdk(guarded.base_url, FILE_KEY)
     assert file_keyed.chat.completions.create(**ask).choices[0].message.content == text
-    cerebras = Cerebras(base_url=guarded.base_url, api_key=KEY, max_retries=0)
+    cerebras = closing(Cerebras(base_url=guarded.base_url, api_key=KEY, max_retries=0))
     assert cerebras.chat.completions.create(**ask).choices[0].message.content == text
-    wrong = openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key="nope", max_retries=0)
+    wrong = sdk(guarded.base_url, "nope")
     with pytest.raises(openai.AuthenticationError) as refused:
         wrong.chat.completions.create(**ask)
     assert refused.value.status_code == 401

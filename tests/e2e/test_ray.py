@@ -30,6 +30,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.support.closing import Closing
 from tests.support.probes import wait_until
 from tests.support.raycluster import SERVE, cluster_processes, memory_mib, ray_cluster
 from tests.support.serverproc import ROOT, free_port
@@ -170,18 +171,19 @@ def ask(base: str, i: int) -> tuple[str, str]:
     """One chat completion (every other one streamed): (replica, text)."""
     messages: Any = [{"role": "user", "content": f"Count to {i % 7 + 2}."}]
     raw: Any
-    if i % 2:
-        raw = client(base).chat.completions.with_raw_response.create(
-            model=MODEL, messages=messages, max_tokens=16, stream=True
-        )
-        chunks = list(raw.parse())
-        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        raw = client(base).chat.completions.with_raw_response.create(
-            model=MODEL, messages=messages, max_tokens=16
-        )
-        text = raw.parse().choices[0].message.content or ""
+    with client(base) as sdk:
+        if i % 2:
+            raw = sdk.chat.completions.with_raw_response.create(
+                model=MODEL, messages=messages, max_tokens=16, stream=True
+            )
+            chunks = list(raw.parse())
+            assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            raw = sdk.chat.completions.with_raw_response.create(
+                model=MODEL, messages=messages, max_tokens=16
+            )
+            text = raw.parse().choices[0].message.content or ""
     return raw.headers[REPLICA], text
 
 
@@ -225,20 +227,19 @@ def test_a_stream_passes_through_unchanged(serve: dict[str, Any]) -> None:
     assert events[-2]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_keys_errors_metrics_and_access_logs_behind_the_proxy(serve: dict[str, Any]) -> None:
+def test_keys_errors_metrics_and_access_logs_behind_the_proxy(
+    serve: dict[str, Any], closing: Closing
+) -> None:
     base = serve["base"]
+    sdk, wrong = closing(client(base)), closing(client(base, key="wrong"))
     with pytest.raises(openai.AuthenticationError) as denied:
-        client(base, key="wrong").chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Hi"}]
-        )
+        wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
     assert denied.value.status_code == 401
     with pytest.raises(openai.NotFoundError) as unknown:
-        client(base).chat.completions.create(
-            model="nope", messages=[{"role": "user", "content": "Hi"}]
-        )
+        sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "Hi"}])
     assert unknown.value.body["param"] == "model"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as bad:
-        client(base).chat.completions.create(
+        sdk.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Hi"}], temperature=9
         )
     assert bad.value.body["param"] == "temperature"  # type: ignore[index]
@@ -258,7 +259,7 @@ def test_keys_errors_metrics_and_access_logs_behind_the_proxy(serve: dict[str, A
     )
 
     request_id = "ray-serve-access-log-probe"
-    client(base).chat.completions.create(
+    sdk.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Hi"}],
         max_tokens=4,

@@ -19,6 +19,7 @@ import pytest
 from cerebras.cloud.sdk import Cerebras
 
 from tests.conftest import STRUCTURED_BACKENDS, backend_url
+from tests.support.closing import Closing
 from tests.support.serverproc import model_dir
 
 pytestmark = pytest.mark.e2e
@@ -176,10 +177,12 @@ def test_auto_on_llama_returns_free_text_or_valid_calls(client: openai.OpenAI, s
     assert check_auto_answer(client, MODEL, ASK[0]["content"], seed) in ("call", "length")
 
 
-def test_auto_on_smollm2_stops_free_text_and_makes_valid_calls(smol_url: str) -> None:
+def test_auto_on_smollm2_stops_free_text_and_makes_valid_calls(
+    smol_url: str, closing: Closing
+) -> None:
     """SmolLM2 (the ChatML path) answers auto both ways: free text that ends by itself, and
     calls. The seeds are fixed; what each gave when written is noted."""
-    smol = openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+    smol = closing(openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0))
     cases = [
         ("Say hello in French.", 0),  # text, stop after 24 tokens
         ("Say hello in French.", 1),  # text, stop after 22 tokens
@@ -240,8 +243,8 @@ def test_two_turn_conversation_with_tool_result(client: openai.OpenAI) -> None:
     assert second.usage.prompt_tokens > alone.usage.prompt_tokens + call_text // 8
 
 
-def test_cerebras_sdk_tool_call(tiny_url: str) -> None:
-    client = Cerebras(base_url=tiny_url, api_key="unused", max_retries=0)
+def test_cerebras_sdk_tool_call(tiny_url: str, closing: Closing) -> None:
+    client = closing(Cerebras(base_url=tiny_url, api_key="unused", max_retries=0))
     r = client.chat.completions.create(
         model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=120, seed=4
     )
@@ -319,7 +322,13 @@ def _ask_book(
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("choice", list(CHOICES))
 def test_tool_with_bounds_and_pattern(
-    client: openai.OpenAI, tiny_url: str, backend: str, choice: str, stream: bool, sdk: str
+    client: openai.OpenAI,
+    tiny_url: str,
+    backend: str,
+    choice: str,
+    stream: bool,
+    sdk: str,
+    closing: Closing,
 ) -> None:
     """Numeric bounds and patterns (Pydantic's ge/le) work with every tool_choice, through
     both SDKs, on the default backend; Outlines cannot enforce bounds and refuses them naming
@@ -327,7 +336,7 @@ def test_tool_with_bounds_and_pattern(
     api: openai.OpenAI | Cerebras = client
     bad_request: type[Exception] = openai.BadRequestError
     if sdk == "cerebras":
-        api = Cerebras(base_url=tiny_url, api_key="unused", max_retries=0)
+        api = closing(Cerebras(base_url=tiny_url, api_key="unused", max_retries=0))
         bad_request = cerebras.cloud.sdk.BadRequestError
     if backend == "outlines" and choice != "none":
         with pytest.raises(bad_request) as err:

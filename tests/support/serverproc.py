@@ -52,13 +52,14 @@ class ServerProcess:
         needle = json.dumps({field: value})[1:-1]  # '"field": "value"', as the log writes it
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            for text in reversed(self._new_json_lines()):  # a request just answered: near the end
+            # a request just answered: its line is near the end
+            for text in reversed(self._json_lines_so_far()):
                 if needle in text:
                     return json.loads(text)
             time.sleep(0.2)
         raise AssertionError(f"no log line with {needle} after {wait} s")
 
-    def _new_json_lines(self) -> list[str]:
+    def _json_lines_so_far(self) -> list[str]:
         """Every JSON line of the log so far, reading only the whole lines written since the
         last call (the session server's log grows to megabytes; its probes ask each second)."""
         with self.log_path.open("rb") as log:
