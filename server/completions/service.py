@@ -38,9 +38,8 @@ class _Choice:
     state: ChoiceState
     offset: int
     """Where the next token's text starts in the prompt followed by the completion."""
-    pieces: list[str] = field(default_factory=list)
-    """The text so far, after the echoed prompt when echo is set, in pieces (as
-    ``ChoiceState``'s: joined once, not copied per token)."""
+    echo: str = ""
+    """The prompt, when echo is set: the answer's text is it followed by the state's."""
     logprobs: CompletionLogprobs | None = None
     tokens: list[int] = field(default_factory=list)
     cached_tokens: int = 0
@@ -130,7 +129,7 @@ class CompletionService:
                 if choice is None:
                     choice = choices[index] = _start(prep, k, index)
                     if request.echo:
-                        text = prep.prompts[k].text
+                        text = choice.echo
                         echo = echoed[k]
                         logprobs = echo.model_copy(deep=True) if echo else None
                 choice.cached_tokens = out.num_cached_tokens or 0
@@ -141,7 +140,6 @@ class CompletionService:
                     logprobs = new_logprobs
                 elif new_logprobs is not None:
                     logprobs.extend(new_logprobs)
-                choice.pieces.append(text)
                 if choice.logprobs is not None and logprobs is not None:
                     choice.logprobs.extend(logprobs)
                 tokens = list(output.token_ids) if request.return_raw_tokens else None
@@ -151,9 +149,11 @@ class CompletionService:
 
 def _start(prep: PreparedCompletion, k: int, index: int) -> _Choice:
     wanted = prep.request.logprobs is not None
+    prompt = prep.prompts[k].text
     return _Choice(
         ChoiceState(index),
-        offset=len(prep.prompts[k].text),
+        offset=len(prompt),
+        echo=prompt if prep.request.echo else "",
         logprobs=CompletionLogprobs() if wanted else None,
     )
 
@@ -189,7 +189,7 @@ def _final(prep: PreparedCompletion, choice: _Choice, *, full: bool) -> Completi
     last chunk)."""
     return CompletionChoice(
         index=choice.state.index,
-        text="".join(choice.pieces) if full else "",
+        text=choice.echo + choice.state.text if full else "",
         logprobs=choice.logprobs if full else None,
         finish_reason=choice.state.finish_reason or "stop",
         tokens=choice.tokens if full and prep.request.return_raw_tokens else None,

@@ -12,7 +12,11 @@ from server.models.formats.tool_calls import LLAMA3_JSON, ParsedAnswer
 PYTHON_TAG = LLAMA3_JSON.tag
 parse_tool_calls = LLAMA3_JSON.parse
 format_calls = LLAMA3_JSON.format
-could_be_call_prefix = LLAMA3_JSON.could_be_prefix
+
+
+def could_be_call_prefix(text: str) -> bool:
+    return LLAMA3_JSON.prefix_verdict(text) is not None
+
 
 WEATHER = Tool(
     type="function",

@@ -48,7 +48,7 @@ class _NotACall(ValueError):
 @dataclass(frozen=True, slots=True)
 class JsonToolCalls:
     """How a model family writes tool calls as JSON objects: the one definition that the
-    prompt (:meth:`format`), the answer parser (:meth:`parse`, :meth:`could_be_prefix`) and the
+    prompt (:meth:`format`), the answer parser (:meth:`parse`, :meth:`prefix_verdict`) and the
     grammar (``grammars.ToolCallSyntax``) all use."""
 
     name_key: str = "name"
@@ -107,18 +107,14 @@ class JsonToolCalls:
             return ParsedAnswer(content=text)
         return ParsedAnswer(content=None, calls=calls)
 
-    def could_be_prefix(self, text: str) -> bool:
-        """True while ``text`` may still grow into an answer that :meth:`parse` accepts.
-
-        A necessary condition only (the streamer holds text back while it is True): every
-        prefix of an accepted answer passes, so streamed and non-streamed answers agree.
-        """
-        return self.prefix_verdict(text) is not None
-
     def prefix_verdict(self, text: str) -> bool | None:
-        """:meth:`could_be_prefix` in three: None when ``text`` cannot become a call, True when
+        """None once ``text`` cannot grow into an answer that :meth:`parse` accepts; True when
         it begins a call's first key whole (nothing appended changes that, so a streamer need
-        not look again), False while it may or may not."""
+        not look again); False while it may or may not.
+
+        Not None is a necessary condition only (the streamer holds text back while it holds):
+        every prefix of an accepted answer passes, so streamed and non-streamed answers agree.
+        """
         s = text.lstrip()
         if self.tag.startswith(s):
             return False
