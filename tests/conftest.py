@@ -23,7 +23,8 @@ def _server(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[Se
     server.stop()
 
 
-LOG_TAIL_LINES = 40
+LOG_TAIL_LINES = 25
+ENGINE_STATS = '"logger": "vllm.v1.metrics.loggers"'
 STALLS = StallWatch()
 
 
@@ -47,15 +48,29 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
-    """A failed end-to-end test shows the end of its servers' logs: CI keeps nothing else."""
+    """A failed test shows its stalls and the end of its servers' logs: CI keeps nothing
+    else, and shows only the first lines of a failure."""
     report = yield
     if report.failed:
+        stalls = [str(s) for s in STALLS.stalls if s.test.startswith(f"{item.nodeid} ")]
+        report.sections.append(
+            ("test-process stalls over 2 s in this test", "\n".join(stalls) or "none")
+        )
         for value in getattr(item, "funcargs", {}).values():
             if isinstance(value, ServerProcess):
-                lines = value.log().splitlines()[-LOG_TAIL_LINES:]
-                tail = "\n".join(line[:400] for line in lines)
-                report.sections.append((f"server log, last lines ({value.log_path.name})", tail))
+                report.sections.append(
+                    (f"server log, last lines ({value.log_path.name})", _log_tail(value))
+                )
     return report
+
+
+def _log_tail(server: ServerProcess) -> str:
+    """The last lines of ``server``'s log but vLLM's stats, every 10 s, which would fill it,
+    then the last of those."""
+    lines = server.log().splitlines()
+    stats = [line for line in lines if ENGINE_STATS in line]
+    tail = [line for line in lines if ENGINE_STATS not in line][-LOG_TAIL_LINES:]
+    return "\n".join(line[:400] for line in tail + stats[-1:])
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from openai import AsyncOpenAI
 from server.processes import PROCESS_HEADER
 from tests.support import signal_probe
 from tests.support.metrics_text import series_values
-from tests.support.probes import wait_until
+from tests.support.probes import engine_requests, wait_until
 from tests.support.serverproc import ServerProcess, start_server
 from tests.support.sse import sse_data
 
@@ -214,17 +214,16 @@ def test_engine_death_turns_health_503_on_both_processes_and_exits_1(
     ]
     # /health on each process in the seconds before the server exits is watched by a probe
     # process: this one may stall through them (CI saw it). The kill comes from here, the
-    # moment the stream is generating: handed to the probe, it once came after the stream's
-    # 3,000 tokens.
+    # moment the engine holds the stream (handed to the probe, it once came after the
+    # stream's end).
     probe = signal_probe.start(doomed.base_url, processes=PROCESSES)
     url = f"{doomed.base_url}/v1/chat/completions"
-    with httpx.stream("POST", url, json=_stream_body(3000), timeout=120) as r:
-        lines = r.iter_lines()
-        head = []
-        while len(sse_data(head)) < 2:  # the role chunk and a token: generating
-            head.append(next(lines))
+    with httpx.stream("POST", url, json=_stream_body(8000), timeout=120) as r:
+        # Generating by the server's count, not by the events read, which this process may
+        # read minutes late; 8,000 tokens outlast such a stall.
+        wait_until(lambda: engine_requests(doomed.base_url) == 1, 60, "generating")
         core.kill()
-        events = sse_data(head + list(lines))
+        events = sse_data(r.iter_lines())
     seen = signal_probe.report(probe)
     code = doomed.proc.wait(60)
 
