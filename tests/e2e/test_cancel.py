@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -35,11 +36,12 @@ ABORTED_WITHIN_S = 30
 its 8,000 tokens would take, with room for a loaded machine."""
 
 
-def assert_cut_short(server: ServerProcess, request_id: str) -> None:
-    """The request's access-log line has no usage: it ended before its last token (a finished
-    answer, streamed or not, logs its usage)."""
+def assert_cut_short(server: ServerProcess, request_id: str) -> dict[str, Any]:
+    """The request's access-log line, which has no usage: it ended before its last token (a
+    finished answer, streamed or not, logs its usage)."""
     line = server.access_line(request_id)
     assert "usage" not in line, line
+    return line
 
 
 def test_stream_disconnect_aborts(smol_server: ServerProcess) -> None:
@@ -76,8 +78,8 @@ def test_non_stream_disconnect_aborts(smol_server: ServerProcess) -> None:
         wait_until(lambda: engine_requests(url) == 1, 60, "generating")
     # The client went away before any answer.
     wait_until(lambda: engine_requests(url) == 0, ABORTED_WITHIN_S, "aborted")
-    assert smol_server.access_line(request_id)["status"] == 499  # nginx's: the client left
-    assert_cut_short(smol_server, request_id)
+    line = assert_cut_short(smol_server, request_id)
+    assert line["status"] == 499, line  # nginx's: the client left
     # The engine is free again: a short request is served at once.
     r = httpx.post(f"{url}/v1/chat/completions", json=LONG | {"max_tokens": 3}, timeout=30)
     assert r.status_code == 200
